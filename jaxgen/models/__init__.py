@@ -1,0 +1,60 @@
+"""Model families and the contract they share.
+
+Every family module exposes `make(config, spec) -> Family`. The functions of a
+Family are pure and close over the (static) config, so train.py, evaluation and
+reporting call them without knowing which family they hold:
+
+    init(key, example_batch) -> state            # a flax.struct pytree with .step
+    train_step(state, batch, key) -> (state, metrics)
+    sample(state, key, num, labels=None) -> images   # NHWC float in [0, 1]
+    evaluate(state, batch, key) -> per-example metrics, each of shape [B]
+    views(state, batch, key) -> {name: NHWC images}  # extra grids (optional)
+
+Batches are dicts of global arrays: 'image' (uint8 NHWC), 'label' (int32), and
+for evaluation 'index' (position in the split) and 'mask' (False on padding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+import jax
+from ml_collections import ConfigDict
+
+from jaxgen import configlib
+from jaxgen.data import DatasetSpec
+
+State = Any
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+# family name -> module under jaxgen.models
+FAMILIES = {
+    "vae": "jaxgen.models.vae",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  name: str
+  init: Callable[[jax.Array, Batch], State]
+  train_step: Callable[[State, Batch, jax.Array], tuple[State, Metrics]]
+  sample: Callable[..., jax.Array]
+  evaluate: Callable[[State, Batch, jax.Array], Metrics]
+  views: Callable[[State, Batch, jax.Array], dict[str, jax.Array]] | None = None
+  # The metric the progress bar shows and the NaN guard watches.
+  loss_key: str = "loss"
+  # How evaluate's numbers are defined, recorded in eval.json.
+  eval_protocol: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def make_family(config: ConfigDict, spec: DatasetSpec) -> Family:
+  configlib.require_one_of(config, "model.family", sorted(FAMILIES))
+  module = importlib.import_module(FAMILIES[config.model.family])
+  return module.make(config, spec)
+
+
+def count_params(params: Any) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(params)))

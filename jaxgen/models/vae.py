@@ -1,0 +1,190 @@
+"""Variational autoencoder (and beta-VAE) with a Bernoulli decoder.
+
+Objective, per image x (pixels in {0, 1}), encoder q(z|x) = N(mu, diag(sigma^2)),
+prior p(z) = N(0, I), decoder p(x|z) = prod Bernoulli(sigmoid(logits)):
+
+    recon_nats = -log p(x|z),  z = mu + sigma * eps   (one sample)
+    kl_nats    = KL(q(z|x) || p(z))                    (closed form)
+    neg_elbo_nats = recon_nats + kl_nats               (>= -log p(x))
+    loss       = recon_nats + beta * kl_nats           (beta = 1: the VAE)
+
+All in nats per image, summed over pixels and latent dimensions.
+
+Data: with `data.binarize = "dynamic"` a training image's pixels are drawn as
+Bernoulli(intensity) each time it is seen; evaluation is handed a test set
+binarized once (see jaxgen/evaluate), on which the same draw is the identity.
+With `data.binarize = "none"` the decoder is fit to intensities in [0, 1] by
+cross-entropy, which is not a likelihood of discrete images; eval.json says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from ml_collections import ConfigDict
+
+from jaxgen import configlib, optim
+from jaxgen.data import DatasetSpec, binarize
+from jaxgen.models import Batch, Family, Metrics
+from jaxgen.nets.conv import ConvDecoder, ConvEncoder
+
+
+@flax.struct.dataclass
+class VAEState:
+  step: jax.Array
+  params: Any        # {"encoder": ..., "decoder": ...}
+  opt_state: Any
+
+
+def add_model_config(config: ConfigDict) -> None:
+  """The `model` fields of a VAE config, at their defaults."""
+  m = config.model
+  m.family = "vae"
+  m.latent_dim = 32
+  m.beta = 1.0
+  m.encoder_widths = (32, 64)    # strided 3x3 convs, fine to coarse
+  m.decoder_widths = (64, 32)    # sub-pixel stages, coarse to fine
+  m.hidden = 512                 # dense layer between convs and latent
+
+
+def shrink_model_for_smoke(config: ConfigDict) -> None:
+  m = config.model
+  m.latent_dim = 8
+  m.encoder_widths = (8, 16)
+  m.decoder_widths = (16, 8)
+  m.hidden = 64
+
+
+def validate(config: ConfigDict) -> None:
+  configlib.require_positive(config, "model.latent_dim", "model.hidden")
+  configlib.require_positive(config, "model.beta", allow_zero=True)
+  for path in ("model.encoder_widths", "model.decoder_widths"):
+    widths = configlib.get(config, path)
+    configlib.require(
+        config, path,
+        isinstance(widths, (tuple, list)) and len(widths) > 0
+        and all(isinstance(w, int) and w > 0 for w in widths),
+        "must be a non-empty tuple of positive ints, e.g. '(32, 64)'")
+
+
+def gaussian_kl_nats(mean_BL: jax.Array, logvar_BL: jax.Array) -> jax.Array:
+  """KL(N(mean, exp(logvar)) || N(0, I)) per example, in nats."""
+  return 0.5 * jnp.sum(jnp.exp(logvar_BL) + mean_BL ** 2 - 1.0 - logvar_BL, -1)
+
+
+def bernoulli_nll_nats(logits_BHWC: jax.Array, x_BHWC: jax.Array) -> jax.Array:
+  """-log p(x | logits) per example for pixels in {0, 1}, in nats."""
+  return jnp.sum(optax.sigmoid_binary_cross_entropy(logits_BHWC, x_BHWC),
+                 axis=(1, 2, 3))
+
+
+def make(config: ConfigDict, spec: DatasetSpec) -> Family:
+  validate(config)
+  m = config.model
+  latent_dim, beta = m.latent_dim, float(m.beta)
+  encoder = ConvEncoder(widths=tuple(m.encoder_widths), hidden=m.hidden,
+                        num_outputs=2 * latent_dim)
+  decoder = ConvDecoder(image_shape=spec.image_shape,
+                        widths=tuple(m.decoder_widths), hidden=m.hidden)
+  optimizer = optim.make_optimizer(config.optimizer, config.train.num_steps)
+  dynamic = config.data.binarize == "dynamic"
+
+  def to_pixels(key: jax.Array, images_u8: jax.Array) -> jax.Array:
+    if dynamic:
+      return binarize(key, images_u8)
+    return images_u8.astype(jnp.float32) / 255.0
+
+  def encode(params, x_BHWC):
+    mean_BL, logvar_BL = jnp.split(encoder.apply(params["encoder"], x_BHWC), 2, -1)
+    return mean_BL, logvar_BL
+
+  def decode_logits(params, z_BL):
+    return decoder.apply(params["decoder"], z_BL)
+
+  def neg_elbo_parts(params, x_BHWC, eps_BL):
+    mean_BL, logvar_BL = encode(params, x_BHWC)
+    z_BL = mean_BL + jnp.exp(0.5 * logvar_BL) * eps_BL
+    recon_nats = bernoulli_nll_nats(decode_logits(params, z_BL), x_BHWC)
+    return recon_nats, gaussian_kl_nats(mean_BL, logvar_BL)
+
+  def init(key: jax.Array, example_batch: Batch) -> VAEState:
+    enc_key, dec_key = jax.random.split(key)
+    x = jnp.zeros((1, *spec.image_shape), jnp.float32)
+    params = {
+        "encoder": encoder.init(enc_key, x),
+        "decoder": decoder.init(dec_key, jnp.zeros((1, latent_dim), jnp.float32)),
+    }
+    del example_batch  # shapes come from the dataset spec
+    return VAEState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params))
+
+  def train_step(state: VAEState, batch: Batch, key: jax.Array
+                 ) -> tuple[VAEState, Metrics]:
+    pixel_key, eps_key = jax.random.split(key)
+    x_BHWC = to_pixels(pixel_key, batch["image"])
+    # Drawn with the global batch shape, so 1 or N devices see the same noise.
+    eps_BL = jax.random.normal(eps_key, (x_BHWC.shape[0], latent_dim))
+
+    def loss_fn(params):
+      recon, kl = neg_elbo_parts(params, x_BHWC, eps_BL)
+      loss = jnp.mean(recon + beta * kl)
+      return loss, {"recon_nats": jnp.mean(recon), "kl_nats": jnp.mean(kl),
+                    "neg_elbo_nats": jnp.mean(recon + kl)}
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads)}
+    return state.replace(step=state.step + 1, params=params,
+                         opt_state=opt_state), metrics
+
+  def per_example_keys(key, index_B):
+    # One key per test image, from its index: results do not depend on the
+    # batch size or the number of devices.
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index_B)
+    return jax.vmap(jax.random.split, out_axes=1)(keys)  # [2, B] keys
+
+  def evaluate(state: VAEState, batch: Batch, key: jax.Array) -> Metrics:
+    pixel_keys, eps_keys = per_example_keys(key, batch["index"])
+    x_BHWC = jax.vmap(to_pixels)(pixel_keys, batch["image"])
+    eps_BL = jax.vmap(lambda k: jax.random.normal(k, (latent_dim,)))(eps_keys)
+    recon, kl = neg_elbo_parts(state.params, x_BHWC, eps_BL)
+    return {"neg_elbo_nats": recon + kl, "recon_nats": recon, "kl_nats": kl}
+
+  def sample(state: VAEState, key: jax.Array, num: int, labels=None) -> jax.Array:
+    del labels  # unconditional
+    z_BL = jax.random.normal(key, (num, latent_dim))
+    return jax.nn.sigmoid(decode_logits(state.params, z_BL))  # Bernoulli means
+
+  def views(state: VAEState, batch: Batch, key: jax.Array) -> dict[str, jax.Array]:
+    """Input/reconstruction pairs side by side (reconstruction = decoded mean)."""
+    x_BHWC = to_pixels(key, batch["image"])
+    mean_BL, _ = encode(state.params, x_BHWC)
+    recon_BHWC = jax.nn.sigmoid(decode_logits(state.params, mean_BL))
+    pairs = jnp.stack([x_BHWC, recon_BHWC], axis=1)  # [B, 2, H, W, C]
+    return {"reconstructions": pairs.reshape(-1, *x_BHWC.shape[1:])}
+
+  if dynamic:
+    protocol = {
+        "metric": "negative ELBO in nats per image (upper bound on -log p(x)), "
+                  "one posterior sample per test image",
+        "data": "dynamically binarized: training pixels drawn as "
+                "Bernoulli(intensity/255) each time an image is seen; the test "
+                f"set binarized once with seed {config.data.test_binarize_seed}",
+    }
+  else:
+    protocol = {
+        "metric": "Bernoulli cross-entropy of [0, 1] intensities plus KL, in "
+                  "nats per image: a training objective, NOT a likelihood of "
+                  "the 8-bit images",
+        "data": "8-bit intensities scaled to [0, 1], not binarized",
+    }
+  protocol["decoder"] = "Bernoulli"
+  protocol["beta"] = beta
+  return Family(name="vae", init=init, train_step=train_step, sample=sample,
+                evaluate=evaluate, views=views, loss_key="loss",
+                eval_protocol=protocol)

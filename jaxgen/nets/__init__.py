@@ -1,0 +1,1 @@
+"""Flax modules only: encoders, decoders and their building blocks. No losses."""

@@ -1,0 +1,35 @@
+"""Optimizers and learning-rate schedules from `config.optimizer`."""
+
+from __future__ import annotations
+
+import optax
+from ml_collections import ConfigDict
+
+
+def learning_rate_schedule(cfg: ConfigDict, num_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0, then constant or cosine decay to the end of training."""
+  peak = cfg.learning_rate
+  if cfg.schedule == "cosine":
+    decay_steps = max(num_steps - cfg.warmup_steps, 1)
+    main = optax.cosine_decay_schedule(peak, decay_steps, alpha=cfg.final_lr_fraction)
+  else:
+    main = optax.constant_schedule(peak)
+  if cfg.warmup_steps == 0:
+    return main
+  warmup = optax.linear_schedule(0.0, peak, cfg.warmup_steps)
+  return optax.join_schedules([warmup, main], [cfg.warmup_steps])
+
+
+def make_optimizer(cfg: ConfigDict, num_steps: int) -> optax.GradientTransformation:
+  schedule = learning_rate_schedule(cfg, num_steps)
+  parts = []
+  if cfg.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  if cfg.name == "sgd":  # b1 is the momentum (0 for plain SGD)
+    parts.append(optax.sgd(schedule, momentum=cfg.b1 or None))
+  elif cfg.name == "adamw":
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay))
+  else:
+    parts.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+  return optax.chain(*parts)

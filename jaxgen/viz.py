@@ -1,0 +1,98 @@
+"""Pictures of a run: image grids, the progress animation, training curves."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """Float images in [0, 1] (or uint8) -> uint8, clipping out-of-range values."""
+  images = np.asarray(images)
+  if images.dtype == np.uint8:
+    return images
+  return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def grid(images: np.ndarray, num_cols: int | None = None, pad: int = 2,
+         pad_value: int = 255) -> np.ndarray:
+  """NHWC images -> one HWC uint8 image, row-major, with `pad` pixels between."""
+  images = to_uint8(images)
+  n, h, w, c = images.shape
+  num_cols = num_cols or int(math.ceil(math.sqrt(n)))
+  num_rows = int(math.ceil(n / num_cols))
+  out = np.full((num_rows * (h + pad) + pad, num_cols * (w + pad) + pad, c),
+                pad_value, np.uint8)
+  for i in range(n):
+    r, col = divmod(i, num_cols)
+    y, x = pad + r * (h + pad), pad + col * (w + pad)
+    out[y:y + h, x:x + w] = images[i]
+  return out
+
+
+def save_png(image_hwc: np.ndarray, path: str | Path, scale: int = 1) -> None:
+  image = Image.fromarray(_squeeze_gray(to_uint8(image_hwc)))
+  if scale > 1:
+    image = image.resize((image.width * scale, image.height * scale),
+                         Image.NEAREST)
+  image.save(path)
+
+
+def _squeeze_gray(image: np.ndarray) -> np.ndarray:
+  return image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+
+
+def write_gif(frame_paths: Sequence[str | Path], path: str | Path,
+              labels: Sequence[str] | None = None, frame_ms: int = 400) -> None:
+  """Assembles PNG frames into an animated GIF, each captioned (e.g. its step)."""
+  frames = []
+  for i, frame_path in enumerate(frame_paths):
+    frame = Image.open(frame_path).convert("RGB")
+    if labels is not None:
+      captioned = Image.new("RGB", (frame.width, frame.height + 14), "white")
+      captioned.paste(frame, (0, 14))
+      ImageDraw.Draw(captioned).text((2, 1), labels[i], fill="black")
+      frame = captioned
+    frames.append(frame)
+  if not frames:
+    return
+  # Hold the last frame so the final state is visible before the loop restarts.
+  durations = [frame_ms] * (len(frames) - 1) + [frame_ms * 5]
+  frames[0].save(path, save_all=True, append_images=frames[1:],
+                 duration=durations, loop=0)
+
+
+def plot_curves(records: Sequence[dict], path: str | Path,
+                keys: Sequence[str] | None = None, title: str = "") -> None:
+  """One panel per metric against step, from metrics.jsonl records."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  if keys is None:
+    skip = {"step", "epoch", "steps_per_second", "wall_seconds"}
+    keys = sorted({k for r in records for k, v in r.items()
+                   if k not in skip and isinstance(v, (int, float))})
+  if not records or not keys:
+    return
+  cols = min(3, len(keys))
+  rows = int(math.ceil(len(keys) / cols))
+  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows),
+                           squeeze=False)
+  for ax, key in zip(axes.flat, keys):
+    points = [(r["step"], r[key]) for r in records if key in r]
+    ax.plot(*zip(*points), lw=1.2)
+    ax.set_title(key, fontsize=10)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+  for ax in list(axes.flat)[len(keys):]:
+    ax.axis("off")
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

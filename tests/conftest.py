@@ -1,0 +1,46 @@
+"""Shared test setup: 8 forced CPU devices, real data from ../shared/data.
+
+XLA_FLAGS must be set before jax is imported anywhere, which is why this lives
+at the top of conftest.py.
+"""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("JAXGEN_DATA_DIR", str(REPO.parent / "shared" / "data"))
+
+import jax  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+
+from jaxgen import data  # pylint: disable=g-import-not-at-top
+
+DATA_DIR = Path(os.environ["JAXGEN_DATA_DIR"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache(tmp_path_factory):
+  # Each train() call builds fresh closures and so recompiles; a persistent
+  # cache turns the repeats into cache hits and keeps the suite fast.
+  jax.config.update("jax_compilation_cache_dir",
+                    str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture(scope="session")
+def mnist() -> data.Dataset:
+  if not (DATA_DIR / "mnist").exists():
+    pytest.fail(f"real MNIST files are needed in {DATA_DIR}/mnist "
+                "(set JAXGEN_DATA_DIR); tests do not mock data.")
+  return data.load("mnist", str(DATA_DIR), source="raw")
+
+
+@pytest.fixture(scope="session")
+def num_devices() -> int:
+  assert jax.device_count() == 8, (
+      "tests expect 8 forced CPU devices; XLA_FLAGS was set to "
+      f"{os.environ.get('XLA_FLAGS')!r} before jax was imported")
+  return 8
