@@ -27,9 +27,15 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with ':smoke'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output folder (default: runs/<config name>[_smoke]).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                          "train (resumes if the workdir has checkpoints) or "
-                          "eval (test-set metrics of the latest checkpoint).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "report"],
+                          "train (resumes if the workdir has checkpoints), "
+                          "eval (test-set metrics of the latest checkpoint), "
+                          "sample (--num samples of it to samples_<num>.npz), "
+                          "report (compare --workdirs in one page).")
+_NUM = flags.DEFINE_integer("num", 64, "--mode=sample: how many samples.")
+_WORKDIRS = flags.DEFINE_list("workdirs", [], "--mode=report: run folders to compare.")
+_REPORT_DIR = flags.DEFINE_string("report_dir", "runs/report",
+                                  "--mode=report: where report.md goes.")
 
 
 def _fail(message: str, code: int) -> None:
@@ -86,6 +92,17 @@ def default_workdir(config_arg: str) -> Path:
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}: flags look like --name=value.", 2)
+  if _MODE.value == "report":
+    from jaxgen import report  # pylint: disable=g-import-not-at-top
+    if len(_WORKDIRS.value) < 1:
+      _fail("--mode=report needs --workdirs=runs/a,runs/b", 2)
+    try:
+      path = report.write_report([Path(w) for w in _WORKDIRS.value],
+                                 Path(_REPORT_DIR.value))
+    except report.ReportError as e:
+      _fail(str(e), 1)
+    print(f"report -> {path}")
+    return 0
   if _CONFIG.value is None:
     _fail("--config is required, e.g. --config=configs/vae_mnist.py", 2)
   logging.getLogger().setLevel(logging.INFO)
@@ -101,6 +118,12 @@ def main(argv: list[str]) -> int:
   config = _CONFIG.value
   workdir = Path(_WORKDIR.value or default_workdir(_config_arg(sys.argv)))
   try:
+    if _MODE.value == "sample":
+      if _NUM.value <= 0:
+        _fail(f"--num={_NUM.value}: must be > 0", 2)
+      path = evaluate.write_samples(train.setup(config, workdir), _NUM.value)
+      print(f"{_NUM.value} samples -> {path}")
+      return 0
     if _MODE.value == "eval":
       result = evaluate.run(train.setup(config, workdir))
       print(_eval_line(result, workdir))
@@ -113,9 +136,12 @@ def main(argv: list[str]) -> int:
     s = run.summary
     print(f"trained to step {run.step} in {s['wall_seconds']:.1f}s "
           f"({s['steps_per_second'] or 0:.1f} steps/s); outputs in {workdir}")
+    result = None
     if config.train.eval_at_end:
-      result = evaluate.run(run.setup, run.state)
+      result = evaluate.run(_without_iwae(run.setup, train), run.state)
       print(_eval_line(result, workdir))
+    if run.setup.family.export is not None:
+      run.setup.family.export(run.state, result)
     return 0
   except (configlib.ConfigError, sharding.ShardingError) as e:
     _fail(str(e), 2)
@@ -140,9 +166,25 @@ def _quiet_orbax() -> None:
     handler.addFilter(_DropBelowWarning("/orbax/"))
 
 
+def _without_iwae(setup, train):
+  """The end-of-training eval skips the costly IWAE bound; --mode=eval has it."""
+  if not setup.config.eval.get("iwae_samples"):
+    return setup
+  config = setup.config.copy_and_resolve_references()
+  with config.unlocked():
+    config.eval.iwae_samples = 0
+  return train.setup(config, setup.workdir, setup.mesh, setup.dataset)
+
+
 def _eval_line(result: dict, workdir: Path) -> str:
-  parts = ", ".join(f"{k} {v['mean']:.2f} ± {v['stderr']:.2f}"
+  parts = ", ".join(f"{k} {v['mean']:.4g} ± {v['stderr']:.2g}"
                     for k, v in result["metrics"].items())
+  quality = result.get("sample_metrics", {})
+  if "skipped" not in quality:
+    parts += "".join(f", {k} {v:.4g}" for k, v in quality.items()
+                     if isinstance(v, float))
+    if "coverage" in quality:
+      parts += f", classes covered {quality['coverage']['classes_covered']}"
   return (f"test ({result['num_examples']:,} images, step {result['step']}): "
           f"{parts}  -> {workdir / 'eval.json'}")
 

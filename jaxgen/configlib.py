@@ -79,6 +79,13 @@ def base_config() -> ConfigDict:
   c.eval = ConfigDict()
   c.eval.batch_size = 1_000
   c.eval.seed = 0
+  # Sample quality (Frechet distance, KID, precision/recall, class coverage)
+  # from this many samples, in the features of jaxgen's classifier for the
+  # dataset; 0 skips it.
+  c.eval.num_samples = 10_000
+  # Importance-weighted bound with k samples (families with a latent variable
+  # model); 0 skips it. Costly: k decoder passes per test image.
+  c.eval.iwae_samples = 0
 
   c.viz = ConfigDict()
   c.viz.num_samples = 64
@@ -95,6 +102,7 @@ def shrink_for_smoke(c: ConfigDict) -> None:
   c.train.snapshot_every = 10
   c.optimizer.warmup_steps = 0
   c.eval.batch_size = 1_000
+  c.eval.num_samples = 1_000
   c.viz.num_samples = 16
 
 
@@ -136,6 +144,7 @@ def validate_base(config: ConfigDict) -> None:
                    "train.log_every", "train.checkpoint_every",
                    "train.snapshot_every", "train.keep_checkpoints",
                    "eval.batch_size", "viz.num_samples")
+  require_positive(config, "eval.num_samples", "eval.iwae_samples", allow_zero=True)
   require_positive(config, "train.num_steps", "optimizer.warmup_steps",
                    "optimizer.weight_decay", "optimizer.grad_clip_norm",
                    allow_zero=True)

@@ -139,8 +139,10 @@ class _Snapshots:
     n = s.config.viz.num_samples
     viz_key = jax.random.PRNGKey(s.config.viz.seed)
     replicated = sharding.replicated(s.mesh)
-    self._sample = jax.jit(lambda state: s.family.sample(state, viz_key, n),
-                           out_shardings=replicated)
+    self._sample = None
+    if s.family.sample is not None:
+      self._sample = jax.jit(lambda state: s.family.sample(state, viz_key, n),
+                             out_shardings=replicated)
     self._views = None
     if s.family.views is not None:
       test = s.dataset.test
@@ -152,7 +154,9 @@ class _Snapshots:
           out_shardings=replicated)
 
   def __call__(self, state: Any, step: int) -> None:
-    grids = {"samples": viz.grid(np.asarray(self._sample(state)))}
+    grids = {}
+    if self._sample is not None:
+      grids["samples"] = viz.grid(np.asarray(self._sample(state)))
     if self._views is not None:
       for name, images in self._views(state, self._view_batch).items():
         grids[name] = viz.grid(np.asarray(images), num_cols=8)

@@ -12,6 +12,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("JAXGEN_DATA_DIR", str(REPO.parent / "shared" / "data"))
 
+# Tests never read or write the user's classifier cache.
+import tempfile  # pylint: disable=g-import-not-at-top
+os.environ["JAXGEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxgen_test_cache_")
+
 import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
@@ -44,3 +48,20 @@ def num_devices() -> int:
       "tests expect 8 forced CPU devices; XLA_FLAGS was set to "
       f"{os.environ.get('XLA_FLAGS')!r} before jax was imported")
   return 8
+
+
+@pytest.fixture(scope="session")
+def smoke_classifier(mnist, tmp_path_factory):
+  """A smoke-sized MNIST classifier, trained and exported to the test cache."""
+  from configs import classifier_mnist  # pylint: disable=g-import-not-at-top
+  from jaxgen import sharding, train  # pylint: disable=g-import-not-at-top
+  from jaxgen import evaluate  # pylint: disable=g-import-not-at-top
+  config = classifier_mnist.get_config("smoke")
+  config.train.num_steps = 200
+  config.train.batch_size = 64
+  config.train.progress_bar = False
+  run = train.train(config, tmp_path_factory.mktemp("classifier"),
+                    mesh=sharding.make_mesh(1), dataset=mnist)
+  result = evaluate.run(run.setup, run.state)
+  run.setup.family.export(run.state, result)
+  return result

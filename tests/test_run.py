@@ -51,6 +51,11 @@ def test_smoke_run_writes_every_output_and_eval_mode_works(tmp_path):
   assert "binarized once" in result["protocol"]["data"]
   assert "neg_elbo_nats" in evaluated.stdout
 
+  sampled = run_py("--config=configs/vae_mnist.py:smoke", f"--workdir={workdir}",
+                   "--mode=sample", "--num=12")
+  assert sampled.returncode == 0, sampled.stderr[-3000:]
+  assert (workdir / "samples_12.npz").exists() and (workdir / "samples_12.png").exists()
+
   # Rerunning the finished command resumes at the end: nothing to redo.
   again = run_py("--config=configs/vae_mnist.py:smoke", f"--workdir={workdir}",
                  "--config.train.progress_bar=False")
@@ -96,3 +101,10 @@ def test_eval_without_checkpoint_says_train_first(tmp_path):
                 "--mode=eval")
   assert done.returncode == 1
   assert "train first" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_report_mode_on_a_folder_that_is_not_a_run(tmp_path):
+  done = run_py("--mode=report", f"--workdirs={tmp_path}",
+                f"--report_dir={tmp_path / 'out'}", timeout=120)
+  assert done.returncode == 1
+  assert "summary.json" in done.stderr and "Traceback" not in done.stderr

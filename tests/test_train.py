@@ -19,6 +19,7 @@ def smoke_config(**train_overrides):
   config = vae_mnist.get_config("smoke")
   config.train.progress_bar = False
   config.train.eval_at_end = False
+  config.eval.num_samples = 0  # sample metrics: tests/test_evaluation.py
   for key, value in train_overrides.items():
     config.train[key] = value
   return config

@@ -66,6 +66,63 @@ def evaluate_state(s: Setup, state: Any, split: data.Split) -> dict[str, Any]:
   return metrics
 
 
+def _count_name(n: int) -> str:
+  return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def draw_samples(s: Setup, state: Any, num: int, key: jax.Array) -> np.ndarray:
+  """`num` samples as a host array, in chunks of eval.batch_size drawn with
+  fold_in(key, chunk index)."""
+  chunk = min(num, s.config.eval.batch_size)
+  draw = jax.jit(lambda state, k: s.family.sample(state, k, chunk),
+                 out_shardings=sharding.replicated(s.mesh))
+  return np.concatenate([np.asarray(draw(state, jax.random.fold_in(key, i)))
+                         for i in range(-(-num // chunk))])[:num]
+
+
+def sample_quality(s: Setup, state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Frechet distance, KID, precision/recall and class coverage of samples.
+
+  Against the full training split (60,000 MNIST / 50,000 CIFAR-10 images) in
+  the features of jaxgen's classifier for the dataset. Samples are drawn with
+  keys fold_in(PRNGKey(eval.seed + 1), chunk), so the same checkpoint and seed
+  give the same numbers.
+  """
+  from jaxgen.evaluate import features, metrics  # pylint: disable=g-import-not-at-top
+  num = s.config.eval.num_samples
+  extractor = features.load_extractor(s.dataset.spec.name)
+  samples = draw_samples(s, state, num, jax.random.PRNGKey(s.config.eval.seed + 1))
+  predicted, fake = features.extract(extractor, samples)
+  reference = features.reference_statistics(extractor, s.dataset.train, "train")
+  fake_mean, fake_cov = metrics.feature_statistics(fake)
+  suffix = f"{extractor.name}_{_count_name(num)}"
+  kid, kid_stderr = metrics.kernel_inception_distance(
+      reference["subset"], fake, subset_size=min(1000, num), seed=s.config.eval.seed)
+  precision, recall = metrics.precision_recall(reference["subset"][:num], fake)
+  coverage = metrics.class_coverage(predicted, s.dataset.spec.num_classes)
+  results = {
+      f"fd_{suffix}": metrics.frechet_distance(fake_mean, fake_cov,
+                                               reference["mean"], reference["cov"]),
+      f"kid_{suffix}": {"mean": kid, "stderr": kid_stderr},
+      f"precision_{suffix}": precision,
+      f"recall_{suffix}": recall,
+      "coverage": coverage,
+  }
+  protocol = {
+      **extractor.protocol(),
+      "num_samples": num,
+      "reference": f"{s.dataset.spec.name} train split, all "
+                   f"{int(reference['num_examples']):,} images (Frechet "
+                   f"distance); a fixed random {len(reference['subset']):,} of "
+                   "them for KID (100 subsets of 1,000) and precision/recall "
+                   "(k=3, first num_samples of the subset)",
+      "sample_seed": s.config.eval.seed + 1,
+      "coverage": "classifier's predicted class of each sample; a class is "
+                  "covered when it holds at least half its uniform share",
+  }
+  return results, protocol
+
+
 def run(s: Setup, state: Any | None = None) -> dict[str, Any]:
   """Evaluates `state` (default: the latest checkpoint) and writes eval.json."""
   start = time.perf_counter()
@@ -88,12 +145,43 @@ def run(s: Setup, state: Any | None = None) -> dict[str, Any]:
       },
       "wall_seconds": round(time.perf_counter() - start, 2),
   }
+  if s.family.sample is not None and s.config.eval.num_samples:
+    from jaxgen.evaluate import features  # pylint: disable=g-import-not-at-top
+    sample_start = time.perf_counter()
+    try:
+      result["sample_metrics"], result["sample_protocol"] = sample_quality(s, state)
+    except features.ExtractorMissingError as e:
+      logging.warning("sample-quality metrics skipped: %s", e)
+      result["sample_metrics"] = {"skipped": str(e)}
+    result["sample_metrics_seconds"] = round(time.perf_counter() - sample_start, 2)
+    result["wall_seconds"] = round(time.perf_counter() - start, 2)
   if jax.process_index() == 0:
     s.workdir.mkdir(parents=True, exist_ok=True)
     (s.workdir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
   logging.info("eval at step %d: %s", result["step"],
                ", ".join(f"{k}={v['mean']:.3f}" for k, v in metrics.items()))
   return result
+
+
+def write_samples(s: Setup, num: int, state: Any | None = None) -> Path:
+  """--mode=sample: `num` samples of the latest checkpoint -> samples.npz + PNG.
+
+  samples.npz holds 'images' (uint8 NHWC) and the step; keys come from
+  PRNGKey(eval.seed + 2), so the same checkpoint and seed give the same images.
+  """
+  from jaxgen import viz  # pylint: disable=g-import-not-at-top
+  if s.family.sample is None:
+    raise ValueError(f"the {s.family.name} family does not generate samples")
+  if state is None:
+    state = _restore_for_eval(s)
+  images = draw_samples(s, state, num, jax.random.PRNGKey(s.config.eval.seed + 2))
+  images_u8 = viz.to_uint8(images)
+  path = s.workdir / f"samples_{num}.npz"
+  if jax.process_index() == 0:
+    np.savez_compressed(path, images=images_u8, step=int(state.step))
+    viz.save_png(viz.grid(images_u8[:min(num, 256)]),
+                 s.workdir / f"samples_{num}.png", scale=2)
+  return path
 
 
 def _restore_for_eval(s: Setup) -> Any:

@@ -7,6 +7,7 @@ reporting call them without knowing which family they hold:
     init(key, example_batch) -> state            # a flax.struct pytree with .step
     train_step(state, batch, key) -> (state, metrics)
     sample(state, key, num, labels=None) -> images   # NHWC float in [0, 1]
+                                                     # (None: not generative)
     evaluate(state, batch, key) -> per-example metrics, each of shape [B]
     views(state, batch, key) -> {name: NHWC images}  # extra grids (optional)
 
@@ -33,6 +34,7 @@ Metrics = dict[str, jax.Array]
 # family name -> module under jaxgen.models
 FAMILIES = {
     "vae": "jaxgen.models.vae",
+    "classifier": "jaxgen.models.classifier",
 }
 
 
@@ -41,13 +43,17 @@ class Family:
   name: str
   init: Callable[[jax.Array, Batch], State]
   train_step: Callable[[State, Batch, jax.Array], tuple[State, Metrics]]
-  sample: Callable[..., jax.Array]
+  # None for families that do not generate (the classifier).
+  sample: Callable[..., jax.Array] | None
   evaluate: Callable[[State, Batch, jax.Array], Metrics]
   views: Callable[[State, Batch, jax.Array], dict[str, jax.Array]] | None = None
   # The metric the progress bar shows and the NaN guard watches.
   loss_key: str = "loss"
   # How evaluate's numbers are defined, recorded in eval.json.
   eval_protocol: dict[str, Any] = dataclasses.field(default_factory=dict)
+  # Called with (state, eval result or None) when training completes, for
+  # families whose product is an artifact (the classifier's cached weights).
+  export: Callable[[State, dict[str, Any] | None], None] | None = None
 
 
 def make_family(config: ConfigDict, spec: DatasetSpec) -> Family:

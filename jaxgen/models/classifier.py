@@ -1,0 +1,132 @@
+"""Image classifier: jaxgen's own feature extractor for sample-quality metrics.
+
+Trained through the same loop as the generative families
+(`python run.py --config=configs/classifier_mnist.py`). When training
+finishes, its parameters and test accuracy are exported to the classifier
+cache (jaxgen/evaluate/features.py), where evaluation of any generative model
+finds them offline.
+
+Objective: softmax cross-entropy in nats, with label smoothing 0 by default.
+Training images are randomly translated by up to `model.max_shift` pixels
+(zero padding) and, when `model.flip` is set, mirrored left-right.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from ml_collections import ConfigDict
+
+from jaxgen import configlib, optim
+from jaxgen.data import DatasetSpec
+from jaxgen.models import Batch, Family, Metrics
+from jaxgen.nets.classifier import ConvClassifier
+
+
+@flax.struct.dataclass
+class ClassifierState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def add_model_config(config: ConfigDict) -> None:
+  m = config.model
+  m.family = "classifier"
+  m.widths = (32, 64)
+  m.hidden = 256
+  m.dropout = 0.3
+  m.max_shift = 2
+  m.flip = False
+  m.label_smoothing = 0.0
+
+
+def shrink_model_for_smoke(config: ConfigDict) -> None:
+  config.model.widths = (8, 16)
+  config.model.hidden = 32
+
+
+def validate(config: ConfigDict) -> None:
+  configlib.require_positive(config, "model.hidden")
+  configlib.require_positive(config, "model.max_shift", allow_zero=True)
+  configlib.require(config, "model.dropout", 0.0 <= config.model.dropout < 1.0,
+                    "must be in [0, 1)")
+  configlib.require(config, "model.label_smoothing",
+                    0.0 <= config.model.label_smoothing < 1.0, "must be in [0, 1)")
+
+
+def make_network(config: ConfigDict, spec: DatasetSpec) -> ConvClassifier:
+  m = config.model
+  return ConvClassifier(widths=tuple(m.widths), hidden=m.hidden,
+                        num_classes=spec.num_classes, dropout=m.dropout)
+
+
+def augment(key: jax.Array, x_BHWC: jax.Array, max_shift: int, flip: bool
+            ) -> jax.Array:
+  """Random translation by up to max_shift pixels, optional horizontal flip."""
+  b, h, w, _ = x_BHWC.shape
+  shift_key, flip_key = jax.random.split(key)
+  if max_shift:
+    padded = jnp.pad(x_BHWC, ((0, 0), (max_shift,) * 2, (max_shift,) * 2, (0, 0)))
+    offsets = jax.random.randint(shift_key, (b, 2), 0, 2 * max_shift + 1)
+    x_BHWC = jax.vmap(lambda img, o: jax.lax.dynamic_slice(
+        img, (o[0], o[1], 0), (h, w, img.shape[-1])))(padded, offsets)
+  if flip:
+    mirror = jax.random.bernoulli(flip_key, 0.5, (b, 1, 1, 1))
+    x_BHWC = jnp.where(mirror, x_BHWC[:, :, ::-1], x_BHWC)
+  return x_BHWC
+
+
+def make(config: ConfigDict, spec: DatasetSpec) -> Family:
+  validate(config)
+  m = config.model
+  net = make_network(config, spec)
+  optimizer = optim.make_optimizer(config.optimizer, config.train.num_steps)
+  smoothing = float(m.label_smoothing)
+
+  def init(key: jax.Array, example_batch: Batch) -> ClassifierState:
+    del example_batch
+    params = net.init(key, jnp.zeros((1, *spec.image_shape), jnp.float32))
+    return ClassifierState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=optimizer.init(params))
+
+  def train_step(state: ClassifierState, batch: Batch, key: jax.Array
+                 ) -> tuple[ClassifierState, Metrics]:
+    augment_key, dropout_key = jax.random.split(key)
+    x = augment(augment_key, batch["image"].astype(jnp.float32) / 255.0,
+                m.max_shift, m.flip)
+    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], spec.num_classes),
+                                  smoothing)
+
+    def loss_fn(params):
+      logits, _ = net.apply(params, x, train=True, rngs={"dropout": dropout_key})
+      loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+      return loss, jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+
+    (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return (state.replace(step=state.step + 1, params=params, opt_state=opt_state),
+            {"loss": loss, "train_accuracy": accuracy,
+             "grad_norm": optax.global_norm(grads)})
+
+  def evaluate(state: ClassifierState, batch: Batch, key: jax.Array) -> Metrics:
+    del key
+    logits, _ = net.apply(state.params, batch["image"].astype(jnp.float32) / 255.0)
+    return {"accuracy": (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32),
+            "xent_nats": optax.softmax_cross_entropy_with_integer_labels(
+                logits, batch["label"])}
+
+  protocol = {"metric": "top-1 accuracy and cross-entropy (nats) on the test "
+                        "split, 8-bit images scaled to [0, 1], no augmentation"}
+  def export(state: ClassifierState, eval_result) -> None:
+    from jaxgen.evaluate import features  # pylint: disable=g-import-not-at-top
+    features.export_classifier(config, state.params, eval_result)
+
+  return Family(name="classifier", init=init, train_step=train_step, sample=None,
+                evaluate=evaluate, views=None, loss_key="loss",
+                eval_protocol=protocol, export=export)
