@@ -130,3 +130,23 @@ def test_corrupt_idx_file_is_named(tmp_path):
     f.write(bytes([0, 0, 8, 3, 0, 0, 0, 9]))  # header claims 9 images, no dims
   with pytest.raises(data.DataError, match="truncated or corrupt"):
     data.read_idx(bad)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, None),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, "JAX_COORDINATOR_ADDRESS"),
+    ({"SLURM_NTASKS": "1"}, None),           # one task: not multi-host
+    ({"SLURM_NTASKS": "4"}, "SLURM_NTASKS"),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, "OMPI_COMM_WORLD_SIZE"),
+    ({"TPU_WORKER_HOSTNAMES": "a,b"}, "TPU_WORKER_HOSTNAMES"),
+    ({"TPU_WORKER_HOSTNAMES": "localhost"}, None),
+])
+def test_multihost_environment_detection(monkeypatch, env, expected):
+  for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+               "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  assert sharding.multihost_environment() == expected
+  if expected is None:
+    assert sharding.maybe_initialize_distributed() is False

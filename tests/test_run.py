@@ -108,3 +108,32 @@ def test_report_mode_on_a_folder_that_is_not_a_run(tmp_path):
                 f"--report_dir={tmp_path / 'out'}", timeout=120)
   assert done.returncode == 1
   assert "summary.json" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_rerun_resumes(tmp_path):
+  import signal  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  args = ["--config=configs/vae_mnist.py:smoke", f"--workdir={workdir}",
+          "--config.train.num_steps=100000", "--config.train.checkpoint_every=100000",
+          "--config.train.progress_bar=False", "--config.eval.num_samples=0"]
+  env = {**os.environ, "XLA_FLAGS": ""}
+  process = subprocess.Popen([sys.executable, "run.py", *args], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  metrics = workdir / "metrics.jsonl"
+  while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size):
+    time.sleep(0.5)
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=120)
+  assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+  assert "Rerun the same command to resume" in stdout
+  saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+  assert len(saved) == 1 and saved[0] > 0
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["status"] == "interrupted by SIGTERM" and summary["step"] == saved[0]
+
+  resumed = run_py(*args[:2], f"--config.train.num_steps={saved[0] + 5}",
+                   "--config.train.progress_bar=False", "--config.eval.num_samples=0")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"resumed from the checkpoint at step {saved[0]}" in resumed.stderr
+  assert f"trained to step {saved[0] + 5}" in resumed.stdout
