@@ -159,7 +159,9 @@ class _Snapshots:
       grids["samples"] = viz.grid(np.asarray(self._sample(state)))
     if self._views is not None:
       for name, images in self._views(state, self._view_batch).items():
-        grids[name] = viz.grid(np.asarray(images), num_cols=8)
+        images = np.asarray(images)
+        cols = images.shape[1] if images.ndim == 5 else 8
+        grids[name] = viz.grid(images.reshape(-1, *images.shape[-3:]), num_cols=cols)
     if not self._primary:
       return
     self._dir.mkdir(parents=True, exist_ok=True)

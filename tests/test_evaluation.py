@@ -118,3 +118,17 @@ def test_iwae_bound_is_the_elbo_at_k1_and_tightens(trained_vae, mnist):
   assert abs(means[1]["mean"] - elbo["mean"]) < spread
   assert means[50]["mean"] < means[1]["mean"] - 1.0
   assert means[50]["mean"] < elbo["mean"]
+
+
+def test_conditional_vae_reports_conditional_accuracy(smoke_classifier, mnist,
+                                                      tmp_path):
+  del smoke_classifier
+  from configs import cvae_mnist  # pylint: disable=g-import-not-at-top
+  config = cvae_mnist.get_config("smoke")
+  config.train.progress_bar = False
+  config.train.eval_at_end = False
+  run = train.train(config, tmp_path, mesh=sharding.make_mesh(1), dataset=mnist)
+  result = evaluate.run(run.setup, run.state)
+  accuracy = result["sample_metrics"]["conditional_accuracy_mnistnet_1k"]
+  assert 0.0 <= accuracy <= 1.0
+  assert "one-hot label" in result["protocol"]["conditional"]

@@ -73,11 +73,27 @@ def _count_name(n: int) -> str:
 def draw_samples(s: Setup, state: Any, num: int, key: jax.Array) -> np.ndarray:
   """`num` samples as a host array, in chunks of eval.batch_size drawn with
   fold_in(key, chunk index)."""
+  return _draw(s, state, num, key)[0]
+
+
+def _draw(s: Setup, state: Any, num: int, key: jax.Array
+          ) -> tuple[np.ndarray, np.ndarray | None]:
+  """Samples and, for conditional families, the labels asked for (i mod C)."""
   chunk = min(num, s.config.eval.batch_size)
-  draw = jax.jit(lambda state, k: s.family.sample(state, k, chunk),
-                 out_shardings=sharding.replicated(s.mesh))
-  return np.concatenate([np.asarray(draw(state, jax.random.fold_in(key, i)))
-                         for i in range(-(-num // chunk))])[:num]
+  classes = s.dataset.spec.num_classes
+  conditional = s.family.conditional
+
+  def sample_chunk(state, k, labels):
+    return s.family.sample(state, k, chunk, labels if conditional else None)
+
+  draw = jax.jit(sample_chunk, out_shardings=sharding.replicated(s.mesh))
+  images, labels = [], []
+  for i in range(-(-num // chunk)):
+    asked = (i * chunk + np.arange(chunk)) % classes
+    images.append(np.asarray(draw(state, jax.random.fold_in(key, i), asked)))
+    labels.append(asked)
+  asked_labels = np.concatenate(labels)[:num] if conditional else None
+  return np.concatenate(images)[:num], asked_labels
 
 
 def sample_quality(s: Setup, state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -91,7 +107,7 @@ def sample_quality(s: Setup, state: Any) -> tuple[dict[str, Any], dict[str, Any]
   from jaxgen.evaluate import features, metrics  # pylint: disable=g-import-not-at-top
   num = s.config.eval.num_samples
   extractor = features.load_extractor(s.dataset.spec.name)
-  samples = draw_samples(s, state, num, jax.random.PRNGKey(s.config.eval.seed + 1))
+  samples, asked = _draw(s, state, num, jax.random.PRNGKey(s.config.eval.seed + 1))
   predicted, fake = features.extract(extractor, samples)
   reference = features.reference_statistics(extractor, s.dataset.train, "train")
   fake_mean, fake_cov = metrics.feature_statistics(fake)
@@ -108,6 +124,10 @@ def sample_quality(s: Setup, state: Any) -> tuple[dict[str, Any], dict[str, Any]
       f"recall_{suffix}": recall,
       "coverage": coverage,
   }
+  if asked is not None:
+    # The share of samples the classifier assigns to the class they were
+    # generated for (labels 0..C-1 in turn).
+    results[f"conditional_accuracy_{suffix}"] = float(np.mean(predicted == asked))
   protocol = {
       **extractor.protocol(),
       "num_samples": num,

@@ -9,7 +9,8 @@ reporting call them without knowing which family they hold:
     sample(state, key, num, labels=None) -> images   # NHWC float in [0, 1]
                                                      # (None: not generative)
     evaluate(state, batch, key) -> per-example metrics, each of shape [B]
-    views(state, batch, key) -> {name: NHWC images}  # extra grids (optional)
+    views(state, batch, key) -> {name: images}  # extra grids (optional):
+                                 # NHWC, or [rows, cols, H, W, C] for a layout
 
 Batches are dicts of global arrays: 'image' (uint8 NHWC), 'label' (int32), and
 for evaluation 'index' (position in the split) and 'mask' (False on padding).
@@ -54,6 +55,8 @@ class Family:
   # Called with (state, eval result or None) when training completes, for
   # families whose product is an artifact (the classifier's cached weights).
   export: Callable[[State, dict[str, Any] | None], None] | None = None
+  # sample() honours `labels` (label-conditional generation).
+  conditional: bool = False
 
 
 def make_family(config: ConfigDict, spec: DatasetSpec) -> Family:

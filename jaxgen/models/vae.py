@@ -49,6 +49,9 @@ def add_model_config(config: ConfigDict) -> None:
   m.encoder_widths = (32, 64)    # strided 3x3 convs, fine to coarse
   m.decoder_widths = (64, 32)    # sub-pixel stages, coarse to fine
   m.hidden = 512                 # dense layer between convs and latent
+  m.kl_warmup_steps = 0          # beta ramps linearly from 0 over these steps
+  # Label-conditional VAE: encoder and decoder both see the one-hot label.
+  m.conditional = False
 
 
 def shrink_model_for_smoke(config: ConfigDict) -> None:
@@ -61,7 +64,8 @@ def shrink_model_for_smoke(config: ConfigDict) -> None:
 
 def validate(config: ConfigDict) -> None:
   configlib.require_positive(config, "model.latent_dim", "model.hidden")
-  configlib.require_positive(config, "model.beta", allow_zero=True)
+  configlib.require_positive(config, "model.beta", "model.kl_warmup_steps",
+                             allow_zero=True)
   for path in ("model.encoder_widths", "model.decoder_widths"):
     widths = configlib.get(config, path)
     configlib.require(
@@ -92,31 +96,43 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
                         widths=tuple(m.decoder_widths), hidden=m.hidden)
   optimizer = optim.make_optimizer(config.optimizer, config.train.num_steps)
   dynamic = config.data.binarize == "dynamic"
+  conditional = bool(m.conditional)
+  num_classes = spec.num_classes
+  kl_warmup_steps = int(m.kl_warmup_steps)
 
   def to_pixels(key: jax.Array, images_u8: jax.Array) -> jax.Array:
     if dynamic:
       return binarize(key, images_u8)
     return images_u8.astype(jnp.float32) / 255.0
 
-  def encode(params, x_BHWC):
+  def encode(params, x_BHWC, labels_B=None):
+    if conditional:  # the label as extra constant input channels
+      onehot = jax.nn.one_hot(labels_B, num_classes, dtype=x_BHWC.dtype)
+      x_BHWC = jnp.concatenate(
+          [x_BHWC, jnp.broadcast_to(onehot[:, None, None, :],
+                                    (*x_BHWC.shape[:3], num_classes))], -1)
     mean_BL, logvar_BL = jnp.split(encoder.apply(params["encoder"], x_BHWC), 2, -1)
     return mean_BL, logvar_BL
 
-  def decode_logits(params, z_BL):
+  def decode_logits(params, z_BL, labels_B=None):
+    if conditional:
+      z_BL = jnp.concatenate(
+          [z_BL, jax.nn.one_hot(labels_B, num_classes, dtype=z_BL.dtype)], -1)
     return decoder.apply(params["decoder"], z_BL)
 
-  def neg_elbo_parts(params, x_BHWC, eps_BL):
-    mean_BL, logvar_BL = encode(params, x_BHWC)
+  def neg_elbo_parts(params, x_BHWC, eps_BL, labels_B):
+    mean_BL, logvar_BL = encode(params, x_BHWC, labels_B)
     z_BL = mean_BL + jnp.exp(0.5 * logvar_BL) * eps_BL
-    recon_nats = bernoulli_nll_nats(decode_logits(params, z_BL), x_BHWC)
+    recon_nats = bernoulli_nll_nats(decode_logits(params, z_BL, labels_B), x_BHWC)
     return recon_nats, gaussian_kl_nats(mean_BL, logvar_BL)
 
   def init(key: jax.Array, example_batch: Batch) -> VAEState:
     enc_key, dec_key = jax.random.split(key)
-    x = jnp.zeros((1, *spec.image_shape), jnp.float32)
+    extra = num_classes if conditional else 0
+    x = jnp.zeros((1, *spec.image_shape[:2], spec.image_shape[2] + extra))
     params = {
         "encoder": encoder.init(enc_key, x),
-        "decoder": decoder.init(dec_key, jnp.zeros((1, latent_dim), jnp.float32)),
+        "decoder": decoder.init(dec_key, jnp.zeros((1, latent_dim + extra))),
     }
     del example_batch  # shapes come from the dataset spec
     return VAEState(step=jnp.zeros((), jnp.int32), params=params,
@@ -129,9 +145,13 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     # Drawn with the global batch shape, so 1 or N devices see the same noise.
     eps_BL = jax.random.normal(eps_key, (x_BHWC.shape[0], latent_dim))
 
+    kl_weight = beta
+    if kl_warmup_steps:
+      kl_weight = beta * jnp.minimum(1.0, state.step / kl_warmup_steps)
+
     def loss_fn(params):
-      recon, kl = neg_elbo_parts(params, x_BHWC, eps_BL)
-      loss = jnp.mean(recon + beta * kl)
+      recon, kl = neg_elbo_parts(params, x_BHWC, eps_BL, batch["label"])
+      loss = jnp.mean(recon + kl_weight * kl)
       return loss, {"recon_nats": jnp.mean(recon), "kl_nats": jnp.mean(kl),
                     "neg_elbo_nats": jnp.mean(recon + kl)}
 
@@ -151,13 +171,13 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
   iwae_samples = int(config.eval.get("iwae_samples", 0))
   iwae_chunk = min(iwae_samples, 50) if iwae_samples else 0
 
-  def iwae_nats(params, x_BHWC, keys_B):
+  def iwae_nats(params, x_BHWC, labels_B, keys_B):
     """-log of the k-sample importance-weighted bound (Burda et al. 2016).
 
     Samples are drawn in chunks of 50 under lax.map, so memory does not grow
     with k; each image's samples come from its own key.
     """
-    mean_BL, logvar_BL = encode(params, x_BHWC)
+    mean_BL, logvar_BL = encode(params, x_BHWC, labels_B)
     std_BL = jnp.exp(0.5 * logvar_BL)
     log_2pi = jnp.log(2 * jnp.pi)
 
@@ -166,7 +186,8 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
           jax.random.fold_in(k, chunk_index), (iwae_chunk, latent_dim)))(keys_B)
       z_BKL = mean_BL[:, None] + std_BL[:, None] * eps_BKL
       b = x_BHWC.shape[0]
-      logits = decode_logits(params, z_BKL.reshape(b * iwae_chunk, latent_dim))
+      logits = decode_logits(params, z_BKL.reshape(b * iwae_chunk, latent_dim),
+                             jnp.repeat(labels_B, iwae_chunk))
       logits = logits.reshape(b, iwae_chunk, *x_BHWC.shape[1:])
       log_px = -jnp.sum(optax.sigmoid_binary_cross_entropy(
           logits, x_BHWC[:, None]), axis=(2, 3, 4))
@@ -184,26 +205,59 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     pixel_keys, eps_keys = per_example_keys(key, batch["index"])
     x_BHWC = jax.vmap(to_pixels)(pixel_keys, batch["image"])
     eps_BL = jax.vmap(lambda k: jax.random.normal(k, (latent_dim,)))(eps_keys)
-    recon, kl = neg_elbo_parts(state.params, x_BHWC, eps_BL)
+    recon, kl = neg_elbo_parts(state.params, x_BHWC, eps_BL, batch["label"])
     metrics = {"neg_elbo_nats": recon + kl, "recon_nats": recon, "kl_nats": kl}
     if iwae_samples:
       iwae_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(eps_keys)
-      metrics[f"iwae{iwae_samples}_nats"] = iwae_nats(state.params, x_BHWC,
-                                                      iwae_keys)
+      metrics[f"iwae{iwae_samples}_nats"] = iwae_nats(
+          state.params, x_BHWC, batch["label"], iwae_keys)
     return metrics
 
   def sample(state: VAEState, key: jax.Array, num: int, labels=None) -> jax.Array:
-    del labels  # unconditional
+    """Bernoulli means of decoded prior samples; conditional: for `labels`
+    (default: 0, 1, ..., 9, 0, 1, ...)."""
     z_BL = jax.random.normal(key, (num, latent_dim))
-    return jax.nn.sigmoid(decode_logits(state.params, z_BL))  # Bernoulli means
+    if conditional and labels is None:
+      labels = jnp.arange(num) % num_classes
+    return jax.nn.sigmoid(decode_logits(state.params, z_BL, labels))
 
   def views(state: VAEState, batch: Batch, key: jax.Array) -> dict[str, jax.Array]:
-    """Input/reconstruction pairs side by side (reconstruction = decoded mean)."""
+    """Grids as [rows, cols, H, W, C]: reconstructions (input beside its
+    decoded posterior mean), interpolations between test images in latent
+    space, and for the conditional VAE the same images decoded with true and
+    wrong labels, and a class-by-style grid."""
     x_BHWC = to_pixels(key, batch["image"])
-    mean_BL, _ = encode(state.params, x_BHWC)
-    recon_BHWC = jax.nn.sigmoid(decode_logits(state.params, mean_BL))
-    pairs = jnp.stack([x_BHWC, recon_BHWC], axis=1)  # [B, 2, H, W, C]
-    return {"reconstructions": pairs.reshape(-1, *x_BHWC.shape[1:])}
+    labels_B = batch["label"]
+    mean_BL, _ = encode(state.params, x_BHWC, labels_B)
+    decode = lambda z, y: jax.nn.sigmoid(decode_logits(state.params, z, y))
+    recon_BHWC = decode(mean_BL, labels_B)
+    b = x_BHWC.shape[0]
+    pairs_B2 = jnp.stack([x_BHWC, recon_BHWC], 1)
+    out = {"reconstructions": (pairs_B2.reshape(-1, 8, *x_BHWC.shape[1:])
+                               if b % 4 == 0 else pairs_B2)}
+    # Interpolation: image i to image i + b/2, 10 steps, endpoints the inputs'
+    # reconstructions; conditional: the label switches half way.
+    pairs = max(1, min(8, b // 2))
+    t_T = jnp.linspace(0.0, 1.0, 8)
+    start, end = mean_BL[:pairs], mean_BL[b // 2:b // 2 + pairs]
+    z_PTL = start[:, None] + t_T[None, :, None] * (end - start)[:, None]
+    y_PT = jnp.where(t_T[None, :] < 0.5, labels_B[:pairs, None],
+                     labels_B[b // 2:b // 2 + pairs, None])
+    path = decode(z_PTL.reshape(-1, latent_dim), y_PT.reshape(-1))
+    path = path.reshape(pairs, 8, *x_BHWC.shape[1:])
+    out["interpolations"] = jnp.concatenate(
+        [x_BHWC[:pairs, None], path, x_BHWC[b // 2:b // 2 + pairs, None]], 1)
+    if conditional:
+      rows = min(b, 8)
+      wrong_B = (labels_B + 1 + jnp.arange(b) % (num_classes - 1)) % num_classes
+      out["true_vs_wrong_labels"] = jnp.stack(
+          [x_BHWC, recon_BHWC, decode(mean_BL, wrong_B)], 1)[:rows]
+      # Each row: one image's style (posterior mean) decoded as every class.
+      z_RC = jnp.repeat(mean_BL[:rows], num_classes, axis=0)
+      y_RC = jnp.tile(jnp.arange(num_classes), rows)
+      out["class_by_style"] = decode(z_RC, y_RC).reshape(
+          rows, num_classes, *x_BHWC.shape[1:])
+    return out
 
   if dynamic:
     protocol = {
@@ -227,6 +281,9 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
                         "ELBO, -> -log p(x) as k grows")
   protocol["decoder"] = "Bernoulli"
   protocol["beta"] = beta
+  if conditional:
+    protocol["conditional"] = ("encoder and decoder see the one-hot label; "
+                               "ELBO of p(x | label)")
   return Family(name="vae", init=init, train_step=train_step, sample=sample,
                 evaluate=evaluate, views=views, loss_key="loss",
-                eval_protocol=protocol)
+                eval_protocol=protocol, conditional=conditional)
