@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen import data, sharding
+from jaxgen import data, sharding, viz
 from jaxgen.checkpoint import CheckpointError
+from jaxgen.evaluate import features, metrics
 from jaxgen.train import Setup, abstract_like, init_state, make_checkpointer
 
 
@@ -104,7 +105,6 @@ def sample_quality(s: Setup, state: Any) -> tuple[dict[str, Any], dict[str, Any]
   keys fold_in(PRNGKey(eval.seed + 1), chunk), so the same checkpoint and seed
   give the same numbers.
   """
-  from jaxgen.evaluate import features, metrics  # pylint: disable=g-import-not-at-top
   num = s.config.eval.num_samples
   extractor = features.load_extractor(s.dataset.spec.name)
   samples, asked = _draw(s, state, num, jax.random.PRNGKey(s.config.eval.seed + 1))
@@ -166,7 +166,6 @@ def run(s: Setup, state: Any | None = None) -> dict[str, Any]:
       "wall_seconds": round(time.perf_counter() - start, 2),
   }
   if s.family.sample is not None and s.config.eval.num_samples:
-    from jaxgen.evaluate import features  # pylint: disable=g-import-not-at-top
     sample_start = time.perf_counter()
     try:
       result["sample_metrics"], result["sample_protocol"] = sample_quality(s, state)
@@ -189,7 +188,6 @@ def write_samples(s: Setup, num: int, state: Any | None = None) -> Path:
   samples.npz holds 'images' (uint8 NHWC) and the step; keys come from
   PRNGKey(eval.seed + 2), so the same checkpoint and seed give the same images.
   """
-  from jaxgen import viz  # pylint: disable=g-import-not-at-top
   if s.family.sample is None:
     raise ValueError(f"the {s.family.name} family does not generate samples")
   if state is None:

@@ -28,6 +28,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from jaxgen import data
+from jaxgen.evaluate import metrics
 from jaxgen.nets.classifier import ConvClassifier
 
 CACHE_ENV = "JAXGEN_CACHE_DIR"
@@ -136,7 +137,6 @@ def extract(extractor: Extractor, images_NHWC: np.ndarray, batch_size: int = 100
 def reference_statistics(extractor: Extractor, split: data.Split, split_name: str
                          ) -> dict[str, np.ndarray]:
   """Mean, covariance and a fixed 10k subset of the real split's features, cached."""
-  from jaxgen.evaluate import metrics  # pylint: disable=g-import-not-at-top
   path = extractor.directory / (
       f"reference_{split_name}_{len(split)}_{extractor.weights_sha256[:12]}.npz")
   if path.exists():
