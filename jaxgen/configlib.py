@@ -86,6 +86,14 @@ def base_config() -> ConfigDict:
   # Importance-weighted bound with k samples (families with a latent variable
   # model); 0 skips it. Costly: k decoder passes per test image.
   c.eval.iwae_samples = 0
+  # FID / KID / Inception Score in the features of the FID InceptionV3
+  # (pytorch-fid's port of the 2015-12-05 TF weights): "" uses the weights
+  # file in the cache ($JAXGEN_CACHE_DIR/inception/) when it is there, a path
+  # uses that file, "download" fetches it to the cache (online), "off" skips.
+  c.eval.inception_weights = ""
+  # Real images behind the Inception reference statistics: 0 = the whole
+  # train split (the standard; hours on a CPU, minutes on a GPU).
+  c.eval.inception_reference_size = 0
 
   c.viz = ConfigDict()
   c.viz.num_samples = 64

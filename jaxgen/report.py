@@ -49,9 +49,13 @@ def _metric_cells(run: dict[str, Any]) -> dict[str, str]:
     if isinstance(value, float):
       cells[name] = f"{value:.4g}"
     elif isinstance(value, dict) and "mean" in value:
-      cells[name] = f"{value['mean']:.4g} ± {value['stderr']:.2g}"
+      spread = value.get("stderr", value.get("std_over_splits"))
+      cells[name] = f"{value['mean']:.4g} ± {spread:.2g}"
     elif name == "coverage":
       cells["classes_covered"] = str(value["classes_covered"])
+  latent = result.get("latent")
+  if latent:
+    cells["active_units"] = f"{latent['active_units']} / {latent['latent_dim']}"
   return cells
 
 

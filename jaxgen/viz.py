@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -95,4 +96,30 @@ def plot_curves(records: Sequence[dict], path: str | Path,
     fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_latent_scatter(points_N2: np.ndarray, labels_N: np.ndarray,
+                        class_names: Sequence[str], path: str | Path,
+                        title: str = "", axis_labels: tuple[str, str] = ("z0", "z1")
+                        ) -> None:
+  """Scatter of 2-D latent points coloured by class."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(6.4, 5.6))
+  cmap = plt.get_cmap("tab10")
+  for c, name in enumerate(class_names):
+    chosen = labels_N == c
+    ax.scatter(points_N2[chosen, 0], points_N2[chosen, 1], s=3, alpha=0.6,
+               color=cmap(c % 10), label=name, rasterized=True)
+  ax.legend(markerscale=4, fontsize=8, loc="best", framealpha=0.8)
+  ax.set_xlabel(axis_labels[0])
+  ax.set_ylabel(axis_labels[1])
+  ax.grid(alpha=0.3)
+  if title:
+    ax.set_title(textwrap.fill(title, 60), fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
   plt.close(fig)

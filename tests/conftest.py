@@ -43,6 +43,14 @@ def mnist() -> data.Dataset:
 
 
 @pytest.fixture(scope="session")
+def cifar10() -> data.Dataset:
+  if not (DATA_DIR / "cifar10").exists():
+    pytest.fail(f"real CIFAR-10 files are needed in {DATA_DIR}/cifar10 "
+                "(set JAXGEN_DATA_DIR); tests do not mock data.")
+  return data.load("cifar10", str(DATA_DIR), source="raw")
+
+
+@pytest.fixture(scope="session")
 def num_devices() -> int:
   assert jax.device_count() == 8, (
       "tests expect 8 forced CPU devices; XLA_FLAGS was set to "

@@ -53,7 +53,7 @@ def test_real_images_score_near_real_and_noise_and_collapse_far(smoke_classifier
                                                                 mnist):
   del smoke_classifier
   extractor = features.load_extractor("mnist")
-  reference = features.reference_statistics(extractor, mnist.train, "train")
+  reference = features.reference_statistics(extractor, mnist.train, "train", "mnist")
 
   def scores(images):
     predicted, fake = features.extract(extractor, images)

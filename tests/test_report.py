@@ -30,6 +30,7 @@ def test_report_compares_two_runs(two_runs):
   assert len(table) == 2
   header = next(l for l in text.splitlines() if l.startswith("| run |"))
   assert "neg_elbo_nats" in header and "wall s" in header
+  assert "active_units" in header
   assert "beta: 4.0" in text and "beta: 1.0" in text  # protocols listed per run
   assert (root / "report" / "curves.png").stat().st_size > 0
   assert (root / "report" / "samples.png").stat().st_size > 0

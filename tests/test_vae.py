@@ -1,27 +1,104 @@
-"""VAE family specifics: the conditional decoder, KL warm-up, views."""
+"""Autoencoder family specifics: every config's step, the AE, likelihoods,
+the conditional decoder, KL warm-up, latent views and statistics."""
+
+import json
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from configs import cvae_mnist, vae_mnist
-from jaxgen import sharding, train
+from configs import ae_mnist, cvae_cifar10, cvae_mnist, vae_cifar10, vae_mnist
+from jaxgen import configlib, evaluate, sharding, train
+
+CONFIGS = {"ae_mnist": ae_mnist, "vae_mnist": vae_mnist, "cvae_mnist": cvae_mnist,
+           "vae_cifar10": vae_cifar10, "cvae_cifar10": cvae_cifar10}
 
 
-def setup_for(config, mnist, tmp_path):
+def setup_for(config, dataset, tmp_path):
   config.train.progress_bar = False
-  return train.setup(config, tmp_path, sharding.make_mesh(1), mnist)
+  return train.setup(config, tmp_path, sharding.make_mesh(1), dataset)
 
 
-def batch_of(mnist, mesh, n=16):
-  return sharding.put_batch({"image": mnist.test.images[:n],
-                             "label": mnist.test.labels[:n]}, mesh)
+def batch_of(dataset, mesh, n=16, split="test"):
+  split = dataset.split(split)
+  return sharding.put_batch({"image": split.images[:n],
+                             "label": split.labels[:n]}, mesh)
 
 
-def test_conditional_decoder_output_changes_with_only_the_label(mnist, tmp_path):
-  s = setup_for(cvae_mnist.get_config("smoke"), mnist, tmp_path)
-  assert s.family.conditional
+@pytest.fixture
+def datasets(request):
+  return lambda name: request.getfixturevalue(
+      "cifar10" if name.endswith("cifar10") else "mnist")
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_smoke_step_is_deterministic_and_learns(name, datasets, tmp_path):
+  dataset = datasets(name)
+  config = CONFIGS[name].get_config("smoke")
+  config.optimizer.learning_rate = 3e-3
+  s = setup_for(config, dataset, tmp_path)
+  batch = batch_of(dataset, s.mesh, 32, "train")
+  step = jax.jit(s.family.train_step)
+  state = train.init_state(s, batch)
+  key = jax.random.PRNGKey(0)
+  first, metrics_a = step(state, batch, key)
+  second, metrics_b = step(state, batch, key)
+  for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert float(metrics_a["loss"]) == float(metrics_b["loss"])
+  losses = []
+  for i in range(12):
+    state, metrics = step(state, batch, jax.random.PRNGKey(i))
+    losses.append(float(metrics["loss"]))
+  assert np.all(np.isfinite(losses))
+  assert np.mean(losses[-3:]) < 0.95 * np.mean(losses[:3]), losses
+  if name.endswith("cifar10"):  # an 8-bit likelihood: bits/dim alongside nats
+    np.testing.assert_allclose(
+        metrics["neg_elbo_bpd"], metrics["neg_elbo_nats"] / (3072 * np.log(2)),
+        rtol=1e-5)
+
+
+def test_ae_has_no_kl_no_sampler_and_scores_reconstruction(mnist, tmp_path):
+  s = setup_for(ae_mnist.get_config("smoke"), mnist, tmp_path)
+  assert s.family.name == "ae" and s.family.sample is None
   batch = batch_of(mnist, s.mesh)
+  state = train.init_state(s, batch)
+  _, metrics = jax.jit(s.family.train_step)(state, batch, jax.random.PRNGKey(0))
+  assert "kl_nats" not in metrics
+  assert float(metrics["loss"]) == float(metrics["recon_nats"])
+  assert "bounds no likelihood" in s.family.eval_protocol["metric"]
+  # Codes are deterministic: the same image gives the same code.
+  codes = jax.jit(s.family.encode)(state, batch)
+  np.testing.assert_array_equal(codes, jax.jit(s.family.encode)(state, batch))
+  assert codes.shape == (16, s.config.model.latent_dim)
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"model.likelihood": "discretized_logistic"}, "data.binarize"),
+    ({"eval.iwae_samples": 10, "model.family": "ae"}, "eval.iwae_samples"),
+    ({"model.latent_channels": 4, "model.decoder_widths": (16,)},
+     "model.decoder_widths"),
+    ({"model.likelihood": "laplace"}, "model.likelihood"),
+])
+def test_inconsistent_model_settings_name_the_key(override, key, mnist, tmp_path):
+  config = vae_mnist.get_config("smoke")
+  for path, value in override.items():
+    section, field = path.split(".")
+    config[section][field] = value
+  with pytest.raises(configlib.ConfigError, match=re.escape(key)):
+    setup_for(config, mnist, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["cvae_mnist", "cvae_cifar10"])
+def test_conditional_decoder_output_changes_with_only_the_label(name, datasets,
+                                                                tmp_path):
+  dataset = datasets(name)
+  s = setup_for(CONFIGS[name].get_config("smoke"), dataset, tmp_path)
+  assert s.family.conditional
+  batch = batch_of(dataset, s.mesh)
+  shape = dataset.spec.image_shape
   state = train.init_state(s, batch)
   key = jax.random.PRNGKey(0)
   sample = jax.jit(s.family.sample, static_argnums=2)
@@ -31,9 +108,9 @@ def test_conditional_decoder_output_changes_with_only_the_label(mnist, tmp_path)
   np.testing.assert_array_equal(as_zeros, again)
   assert float(jnp.abs(as_zeros - as_sevens).max()) > 1e-4
   views = jax.jit(s.family.views)(state, batch, key)
-  assert views["true_vs_wrong_labels"].shape == (8, 3, 28, 28, 1)
-  assert views["class_by_style"].shape == (8, 10, 28, 28, 1)
-  assert views["interpolations"].shape == (8, 10, 28, 28, 1)
+  assert views["true_vs_wrong_labels"].shape == (8, 3, *shape)
+  assert views["class_by_style"].shape == (8, 10, *shape)
+  assert views["interpolations"].shape == (8, 10, *shape)
 
 
 def test_unconditional_vae_ignores_labels(mnist, tmp_path):
@@ -62,3 +139,50 @@ def test_kl_warmup_scales_the_kl_term(mnist, tmp_path):
   _, at_half = step(halfway, batch, key)
   np.testing.assert_allclose(
       at_half["loss"], at_half["recon_nats"] + 0.5 * at_half["kl_nats"], rtol=1e-5)
+
+
+def test_two_dimensional_latent_gets_a_manifold_view(mnist, tmp_path):
+  config = vae_mnist.get_config("smoke")
+  config.model.latent_dim = 2
+  s = setup_for(config, mnist, tmp_path)
+  batch = batch_of(mnist, s.mesh)
+  state = train.init_state(s, batch)
+  views = jax.jit(s.family.views)(state, batch, jax.random.PRNGKey(0))
+  manifold = np.asarray(views["latent_manifold"])
+  assert manifold.shape == (16, 16, 28, 28, 1)
+  assert np.all((manifold >= 0) & (manifold <= 1))
+  # Different latent points decode to different images.
+  assert np.abs(manifold[0, 0] - manifold[-1, -1]).max() > 1e-4
+
+
+def test_active_units_counts_units_that_vary():
+  rng = np.random.default_rng(0)
+  codes = np.concatenate([rng.normal(size=(5000, 3)),          # active
+                          0.05 * rng.normal(size=(5000, 2)),   # var 0.0025
+                          np.full((5000, 1), 3.0)], 1)         # constant
+  assert evaluate.active_units(codes) == 3
+  assert evaluate.active_units(codes, threshold=0.001) == 5
+
+
+def test_eval_reports_active_units_and_writes_the_latent_scatter(mnist, tmp_path):
+  config = vae_mnist.get_config("smoke")
+  config.train.num_steps = 40
+  config.eval.num_samples = 0
+  config.train.eval_at_end = False
+  config.train.progress_bar = False
+  run = train.train(config, tmp_path, mesh=sharding.make_mesh(1), dataset=mnist)
+  result = evaluate.run(run.setup, run.state)
+  latent = result["latent"]
+  assert latent["latent_dim"] == config.model.latent_dim
+  assert 0 < latent["active_units"] <= config.model.latent_dim
+  assert (tmp_path / "latent_scatter.png").stat().st_size > 10_000
+  assert json.loads((tmp_path / "eval.json").read_text())["latent"] == latent
+  # An encoder whose output layer is zeroed ignores its input: every unit
+  # collapses.
+  params = jax.tree.map(lambda x: x, run.state.params)
+  last = sorted(k for k in params["encoder"]["params"] if k.startswith("Dense"))[-1]
+  params["encoder"]["params"][last] = jax.tree.map(
+      jnp.zeros_like, params["encoder"]["params"][last])
+  collapsed = evaluate.latent_statistics(
+      run.setup, run.state.replace(params=params), run.setup.dataset.test)
+  assert collapsed["active_units"] == 0

@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxgen import data, sharding, viz
 from jaxgen.checkpoint import CheckpointError
-from jaxgen.evaluate import features, metrics
+from jaxgen.evaluate import features, inception, metrics
 from jaxgen.train import Setup, abstract_like, init_state, make_checkpointer
 
 
@@ -98,18 +98,52 @@ def _draw(s: Setup, state: Any, num: int, key: jax.Array
 
 
 def sample_quality(s: Setup, state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Frechet distance, KID, precision/recall and class coverage of samples.
+  """Sample-quality metrics of `eval.num_samples` samples, per extractor.
 
-  Against the full training split (60,000 MNIST / 50,000 CIFAR-10 images) in
-  the features of jaxgen's classifier for the dataset. Samples are drawn with
-  keys fold_in(PRNGKey(eval.seed + 1), chunk), so the same checkpoint and seed
-  give the same numbers.
+  jaxgen's classifier for the dataset: Frechet distance, KID, precision/recall
+  and class coverage (and conditional accuracy). The FID InceptionV3, where
+  its weights are at hand: FID, KID and Inception Score. Both against the
+  training split (60,000 MNIST / 50,000 CIFAR-10 images). Samples are drawn
+  with keys fold_in(PRNGKey(eval.seed + 1), chunk), so the same checkpoint and
+  seed give the same numbers. An extractor that is not available is listed
+  under "skipped" with what to do.
   """
   num = s.config.eval.num_samples
-  extractor = features.load_extractor(s.dataset.spec.name)
   samples, asked = _draw(s, state, num, jax.random.PRNGKey(s.config.eval.seed + 1))
+  results: dict[str, Any] = {}
+  protocol: dict[str, Any] = {"num_samples": num,
+                              "sample_seed": s.config.eval.seed + 1}
+  skipped = {}
+  try:
+    classifier = features.load_extractor(s.dataset.spec.name)
+  except features.ExtractorMissingError as e:
+    skipped[features.extractor_name(s.dataset.spec.name)] = str(e)
+  else:
+    found, about = _classifier_metrics(s, classifier, samples, asked)
+    results.update(found)
+    protocol.update(about)
+  if s.config.eval.inception_weights != "off":
+    try:
+      net = features.load_inception_extractor(s.config.eval.inception_weights)
+    except features.ExtractorMissingError as e:
+      skipped["inception"] = str(e)
+    else:
+      found, protocol["inception"] = _inception_metrics(s, net, samples)
+      results.update(found)
+  for name, reason in skipped.items():
+    logging.warning("sample-quality metrics of %s skipped: %s", name, reason)
+  if skipped:
+    results["skipped"] = skipped
+  return results, protocol
+
+
+def _classifier_metrics(s: Setup, extractor: features.Extractor,
+                        samples: np.ndarray, asked: np.ndarray | None
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+  num = len(samples)
   predicted, fake = features.extract(extractor, samples)
-  reference = features.reference_statistics(extractor, s.dataset.train, "train")
+  reference = features.reference_statistics(extractor, s.dataset.train, "train",
+                                            s.dataset.spec.name)
   fake_mean, fake_cov = metrics.feature_statistics(fake)
   suffix = f"{extractor.name}_{_count_name(num)}"
   kid, kid_stderr = metrics.kernel_inception_distance(
@@ -130,17 +164,106 @@ def sample_quality(s: Setup, state: Any) -> tuple[dict[str, Any], dict[str, Any]
     results[f"conditional_accuracy_{suffix}"] = float(np.mean(predicted == asked))
   protocol = {
       **extractor.protocol(),
-      "num_samples": num,
       "reference": f"{s.dataset.spec.name} train split, all "
                    f"{int(reference['num_examples']):,} images (Frechet "
                    f"distance); a fixed random {len(reference['subset']):,} of "
                    "them for KID (100 subsets of 1,000) and precision/recall "
                    "(k=3, first num_samples of the subset)",
-      "sample_seed": s.config.eval.seed + 1,
       "coverage": "classifier's predicted class of each sample; a class is "
                   "covered when it holds at least half its uniform share",
   }
   return results, protocol
+
+
+def _inception_metrics(s: Setup, extractor: features.Extractor,
+                       samples: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
+  num = len(samples)
+  logits, fake = features.extract(extractor, samples, return_logits=True)
+  train = s.dataset.train
+  size = s.config.eval.inception_reference_size
+  if size and size < len(train):
+    # A fixed subset (the first `size` images) for quick, non-standard runs.
+    train = data.Split(train.images[:size], train.labels[:size])
+  reference = features.reference_statistics(extractor, train, "train",
+                                            s.dataset.spec.name)
+  fake_mean, fake_cov = metrics.feature_statistics(fake)
+  suffix = f"inception_{_count_name(num)}"
+  kid, kid_stderr = metrics.kernel_inception_distance(
+      reference["subset"], fake, subset_size=min(1000, num, len(reference["subset"])),
+      seed=s.config.eval.seed)
+  score, score_std = inception.inception_score(logits, splits=min(10, num))
+  results = {
+      f"fid_{suffix}": metrics.frechet_distance(fake_mean, fake_cov,
+                                                reference["mean"], reference["cov"]),
+      f"kid_{suffix}": {"mean": kid, "stderr": kid_stderr},
+      f"is_{suffix}": {"mean": score, "std_over_splits": score_std},
+  }
+  full = len(train) == len(s.dataset.train)
+  protocol = {
+      **extractor.protocol(),
+      "reference": (f"{s.dataset.spec.name} train split, "
+                    + (f"all {len(train):,} images (the standard FID reference)"
+                       if full else f"its first {len(train):,} images only "
+                       "(eval.inception_reference_size): NOT the standard "
+                       "reference, not comparable with published FIDs")),
+      "inception_score": f"exp(E KL(p(y|x) || p(y))) over the 1008-way softmax, "
+                         f"mean and std over {min(10, num)} splits",
+  }
+  return results, protocol
+
+
+def encode_split(s: Setup, state: Any, split: data.Split) -> np.ndarray:
+  """The family's codes (VAE: posterior means) of every image, [N, L]."""
+  encode = jax.jit(s.family.encode, out_shardings=sharding.replicated(s.mesh))
+  codes = [np.asarray(encode(state, batch))[np.asarray(batch["mask"])]
+           for batch in data.eval_batches(split, s.config.eval.batch_size, s.mesh)]
+  return np.concatenate(codes)
+
+
+# A latent unit is active when its code varies over the data with a variance
+# above this (Burda et al. 2016): a collapsed unit carries no information about x.
+ACTIVE_UNIT_THRESHOLD = 0.01
+
+
+def active_units(codes_NL: np.ndarray,
+                 threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
+  return int(np.sum(np.var(codes_NL.astype(np.float64), axis=0) > threshold))
+
+
+def latent_statistics(s: Setup, state: Any, split: data.Split) -> dict[str, Any]:
+  """Active units of the test codes and latent_scatter.png: the test codes
+  coloured by label, directly for a 2-D latent, else their first two
+  principal components."""
+  codes_NL = encode_split(s, state, split)
+  latent_dim = codes_NL.shape[1]
+  variance_L = np.var(codes_NL.astype(np.float64), axis=0)
+  if latent_dim == 2:
+    points, axes, how = codes_NL, ("z0", "z1"), "the 2-D latent means"
+  else:
+    centred = codes_NL - codes_NL.mean(0)
+    _, singular, vt = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
+    points = centred @ vt[:2].T
+    explained = singular[:2] ** 2 / max(np.sum(singular ** 2), 1e-30)
+    axes = (f"PC1 ({explained[0]:.0%} of variance)",
+            f"PC2 ({explained[1]:.0%} of variance)")
+    how = f"the first two principal components of the {latent_dim}-D latent means"
+  path = s.workdir / "latent_scatter.png"
+  if jax.process_index() == 0:
+    s.workdir.mkdir(parents=True, exist_ok=True)
+    viz.plot_latent_scatter(
+        points, split.labels, s.dataset.spec.class_names, path,
+        title=f"{s.dataset.spec.name} test set ({len(split):,}): {how}",
+        axis_labels=axes)
+  return {
+      "latent_dim": latent_dim,
+      "active_units": active_units(codes_NL),
+      "active_units_definition": (
+          "units whose posterior mean (AE: code) has variance > "
+          f"{ACTIVE_UNIT_THRESHOLD} over the test set; few = posterior collapse"),
+      "code_variance_quantiles": {q: float(np.quantile(variance_L, float(q)))
+                                  for q in ("0.0", "0.5", "1.0")},
+      "scatter": path.name,
+  }
 
 
 def run(s: Setup, state: Any | None = None) -> dict[str, Any]:
@@ -165,13 +288,11 @@ def run(s: Setup, state: Any | None = None) -> dict[str, Any]:
       },
       "wall_seconds": round(time.perf_counter() - start, 2),
   }
+  if s.family.encode is not None:
+    result["latent"] = latent_statistics(s, state, split)
   if s.family.sample is not None and s.config.eval.num_samples:
     sample_start = time.perf_counter()
-    try:
-      result["sample_metrics"], result["sample_protocol"] = sample_quality(s, state)
-    except features.ExtractorMissingError as e:
-      logging.warning("sample-quality metrics skipped: %s", e)
-      result["sample_metrics"] = {"skipped": str(e)}
+    result["sample_metrics"], result["sample_protocol"] = sample_quality(s, state)
     result["sample_metrics_seconds"] = round(time.perf_counter() - sample_start, 2)
     result["wall_seconds"] = round(time.perf_counter() - start, 2)
   if jax.process_index() == 0:

@@ -28,7 +28,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from jaxgen import data
-from jaxgen.evaluate import metrics
+from jaxgen.evaluate import inception, metrics
 from jaxgen.nets.classifier import ConvClassifier
 
 CACHE_ENV = "JAXGEN_CACHE_DIR"
@@ -61,9 +61,12 @@ class Extractor:
   apply: Callable[[jax.Array], tuple[jax.Array, jax.Array]]
   directory: Path
 
+  kind: str = "jaxgen classifier, penultimate layer (ReLU)"
+  batch_size: int = 1000   # images per forward pass (Inception: memory-bound)
+
   def protocol(self) -> dict[str, Any]:
     return {"extractor": self.name,
-            "extractor_kind": "jaxgen classifier, penultimate layer (ReLU)",
+            "extractor_kind": self.kind,
             "extractor_weights_sha256": self.weights_sha256,
             "extractor_test_accuracy": self.test_accuracy,
             "extractor_path": str(self.directory)}
@@ -120,25 +123,87 @@ def load_extractor(dataset: str) -> Extractor:
                    directory)
 
 
-def extract(extractor: Extractor, images_NHWC: np.ndarray, batch_size: int = 1000
-            ) -> tuple[np.ndarray, np.ndarray]:
-  """(predicted labels [N], features [N, D]) of images in [0, 1] or uint8."""
+def inception_dir() -> Path:
+  return cache_dir() / "inception"
+
+
+def load_inception_extractor(weights: str) -> Extractor:
+  """The FID InceptionV3 as an Extractor (features: pool3, 2048-d).
+
+  `weights`: "" = the official file in the cache if present; a path; or
+  "download" to fetch the official file into the cache (needs internet).
+  """
+  cached = inception_dir() / inception.WEIGHTS_FILE_NAME
+  if weights == "download":
+    if not cached.exists():
+      _download(inception.WEIGHTS_URL, cached)
+    path = cached
+  elif weights:
+    path = Path(weights).expanduser()
+    if not path.exists():
+      raise ExtractorMissingError(
+          f"eval.inception_weights={weights!r}: no such file. Give the path of "
+          f"{inception.WEIGHTS_FILE_NAME} ({inception.WEIGHTS_URL}), or "
+          "'download' to fetch it, or 'off'.")
+  elif cached.exists():
+    path = cached
+  else:
+    raise ExtractorMissingError(
+        f"no InceptionV3 FID weights in {cached.parent}: FID and Inception "
+        f"Score need {inception.WEIGHTS_FILE_NAME}. Run once with "
+        "--config.eval.inception_weights=download (online), or download "
+        f"{inception.WEIGHTS_URL} yourself and pass "
+        "--config.eval.inception_weights=PATH (or put it in that folder).")
+  apply, info = inception.load_inception(path)
+
+  def logits_and_features(images_NHWC):
+    pool3, logits = apply(images_NHWC)
+    return logits, pool3
+
+  kind = ("FID InceptionV3 (pytorch-fid's port of the TF 2015-12-05 weights), "
+          "pool3 2048-d; images resized bilinearly to 299x299, grey repeated "
+          "to RGB")
+  if info["matches_official_hash_prefix"] is not True:
+    kind += ("; NOT the official weights file (name or hash differ): numbers "
+             "are not comparable with published FIDs")
+  return Extractor("inception", "any", info["weights_sha256"], None,
+                   logits_and_features, path.parent, kind=kind, batch_size=50)
+
+
+def _download(url: str, path: Path) -> None:
+  import urllib.request  # pylint: disable=g-import-not-at-top
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".part")
+  try:
+    urllib.request.urlretrieve(url, tmp)
+  except OSError as e:
+    raise ExtractorMissingError(
+        f"could not download {url} ({e}); download it yourself and pass "
+        "--config.eval.inception_weights=PATH") from e
+  tmp.rename(path)
+
+
+def extract(extractor: Extractor, images_NHWC: np.ndarray,
+            return_logits: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """(predicted labels [N], or logits [N, classes] with `return_logits`;
+  features [N, D]) of images in [0, 1] or uint8."""
+  batch_size = extractor.batch_size
   labels, features = [], []
   for start in range(0, len(images_NHWC), batch_size):
     chunk = np.asarray(images_NHWC[start:start + batch_size])
     if chunk.dtype == np.uint8:
       chunk = chunk.astype(np.float32) / 255.0
     logits, feats = extractor.apply(jnp.asarray(chunk, jnp.float32))
-    labels.append(np.asarray(jnp.argmax(logits, -1)))
+    labels.append(np.asarray(logits if return_logits else jnp.argmax(logits, -1)))
     features.append(np.asarray(feats, np.float32))
   return np.concatenate(labels), np.concatenate(features)
 
 
-def reference_statistics(extractor: Extractor, split: data.Split, split_name: str
-                         ) -> dict[str, np.ndarray]:
+def reference_statistics(extractor: Extractor, split: data.Split, split_name: str,
+                         dataset: str) -> dict[str, np.ndarray]:
   """Mean, covariance and a fixed 10k subset of the real split's features, cached."""
-  path = extractor.directory / (
-      f"reference_{split_name}_{len(split)}_{extractor.weights_sha256[:12]}.npz")
+  path = extractor.directory / (f"reference_{dataset}_{split_name}_{len(split)}_"
+                                f"{extractor.weights_sha256[:12]}.npz")
   if path.exists():
     with np.load(path) as cached:
       return dict(cached)

@@ -11,6 +11,8 @@ reporting call them without knowing which family they hold:
     evaluate(state, batch, key) -> per-example metrics, each of shape [B]
     views(state, batch, key) -> {name: images}  # extra grids (optional):
                                  # NHWC, or [rows, cols, H, W, C] for a layout
+    encode(state, batch) -> codes [B, L]  # latent-variable families (optional):
+                                 # posterior means, for latent statistics
 
 Batches are dicts of global arrays: 'image' (uint8 NHWC), 'label' (int32), and
 for evaluation 'index' (position in the split) and 'mask' (False on padding).
@@ -34,6 +36,7 @@ Metrics = dict[str, jax.Array]
 
 # family name -> module under jaxgen.models
 FAMILIES = {
+    "ae": "jaxgen.models.vae",
     "vae": "jaxgen.models.vae",
     "classifier": "jaxgen.models.classifier",
 }
@@ -57,6 +60,9 @@ class Family:
   export: Callable[[State, dict[str, Any] | None], None] | None = None
   # sample() honours `labels` (label-conditional generation).
   conditional: bool = False
+  # Posterior means / codes of a batch, for latent-space statistics and the
+  # scatter of the test set (None: no latent space).
+  encode: Callable[[State, Batch], jax.Array] | None = None
 
 
 def make_family(config: ConfigDict, spec: DatasetSpec) -> Family:

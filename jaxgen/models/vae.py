@@ -1,14 +1,25 @@
-"""Variational autoencoder (and beta-VAE) with a Bernoulli decoder.
+"""Autoencoders: the VAE (and beta-VAE, conditional VAE) and the plain AE.
 
-Objective, per image x (pixels in {0, 1}), encoder q(z|x) = N(mu, diag(sigma^2)),
-prior p(z) = N(0, I), decoder p(x|z) = prod Bernoulli(sigmoid(logits)):
+VAE objective, per image x, encoder q(z|x) = N(mu, diag(sigma^2)), prior
+p(z) = N(0, I), decoder p(x|z) a pixel likelihood (jaxgen/likelihoods.py:
+Bernoulli for binarized MNIST, a discretized logistic mixture for 8-bit
+images, or a fixed-variance Gaussian = MSE, which is not a likelihood):
 
     recon_nats = -log p(x|z),  z = mu + sigma * eps   (one sample)
     kl_nats    = KL(q(z|x) || p(z))                    (closed form)
     neg_elbo_nats = recon_nats + kl_nats               (>= -log p(x))
     loss       = recon_nats + beta * kl_nats           (beta = 1: the VAE)
 
-All in nats per image, summed over pixels and latent dimensions.
+All in nats per image, summed over pixels and latent dimensions; for 8-bit
+likelihoods also in bits per dimension (nats / (H*W*C ln 2)).
+
+The AE (`model.family = "ae"`) has a deterministic encoder z = f(x), no prior
+and no KL: its loss is recon_nats alone, which bounds nothing, and it has no
+sample(): decoding N(0, I) noise is not a model of the data.
+
+The latent is a vector of `latent_dim`, or with `latent_channels > 0` a map of
+that many channels at the encoder's coarsest resolution (flattened to a vector
+outside the networks, so every formula below is the same).
 
 Data: with `data.binarize = "dynamic"` a training image's pixels are drawn as
 Bernoulli(intensity) each time it is seen; evaluation is handed a test set
@@ -27,7 +38,7 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
-from jaxgen import configlib, optim
+from jaxgen import configlib, likelihoods, optim
 from jaxgen.data import DatasetSpec, binarize
 from jaxgen.models import Batch, Family, Metrics
 from jaxgen.nets.conv import ConvDecoder, ConvEncoder
@@ -40,11 +51,16 @@ class VAEState:
   opt_state: Any
 
 
-def add_model_config(config: ConfigDict) -> None:
-  """The `model` fields of a VAE config, at their defaults."""
+def add_model_config(config: ConfigDict, family: str = "vae") -> None:
+  """The `model` fields of a VAE (or AE) config, at their defaults."""
   m = config.model
-  m.family = "vae"
+  m.family = family
   m.latent_dim = 32
+  m.latent_channels = 0          # > 0: a latent map of this many channels
+  m.likelihood = "bernoulli"     # | "discretized_logistic" | "gaussian"
+  m.num_mixtures = 5             # discretized logistic mixture components
+  m.gaussian_std = 0.1           # fixed std of the "gaussian" likelihood
+  m.res_blocks = 0               # residual blocks per resolution
   m.beta = 1.0
   m.encoder_widths = (32, 64)    # strided 3x3 convs, fine to coarse
   m.decoder_widths = (64, 32)    # sub-pixel stages, coarse to fine
@@ -63,9 +79,22 @@ def shrink_model_for_smoke(config: ConfigDict) -> None:
 
 
 def validate(config: ConfigDict) -> None:
-  configlib.require_positive(config, "model.latent_dim", "model.hidden")
+  configlib.require_positive(config, "model.latent_dim", "model.hidden",
+                             "model.num_mixtures", "model.gaussian_std")
   configlib.require_positive(config, "model.beta", "model.kl_warmup_steps",
+                             "model.latent_channels", "model.res_blocks",
                              allow_zero=True)
+  configlib.require_one_of(config, "model.likelihood", likelihoods.NAMES)
+  if config.model.likelihood != "bernoulli":
+    configlib.require(
+        config, "data.binarize", config.data.binarize == "none",
+        f"must be 'none' with model.likelihood={config.model.likelihood!r}, "
+        "which models 8-bit intensities (binarized data takes 'bernoulli')")
+  if config.model.family == "ae":
+    configlib.require(config, "eval.iwae_samples",
+                      not config.eval.get("iwae_samples", 0),
+                      "must be 0 for the AE: it has no posterior to "
+                      "importance-sample (use model.family=vae)")
   for path in ("model.encoder_widths", "model.decoder_widths"):
     widths = configlib.get(config, path)
     configlib.require(
@@ -80,20 +109,44 @@ def gaussian_kl_nats(mean_BL: jax.Array, logvar_BL: jax.Array) -> jax.Array:
   return 0.5 * jnp.sum(jnp.exp(logvar_BL) + mean_BL ** 2 - 1.0 - logvar_BL, -1)
 
 
-def bernoulli_nll_nats(logits_BHWC: jax.Array, x_BHWC: jax.Array) -> jax.Array:
-  """-log p(x | logits) per example for pixels in {0, 1}, in nats."""
-  return jnp.sum(optax.sigmoid_binary_cross_entropy(logits_BHWC, x_BHWC),
-                 axis=(1, 2, 3))
+def _latent_layout(config: ConfigDict, spec: DatasetSpec
+                   ) -> tuple[tuple[int, int, int] | None, int]:
+  """(latent map shape or None, flat latent size)."""
+  m = config.model
+  if not m.latent_channels:
+    return None, m.latent_dim
+  height, width = spec.image_shape[:2]
+  enc_factor = 2 ** len(m.encoder_widths)
+  dec_factor = 2 ** len(m.decoder_widths)
+  configlib.require(
+      config, "model.decoder_widths", enc_factor == dec_factor,
+      f"must have as many stages as model.encoder_widths "
+      f"({len(m.encoder_widths)}) with a latent map (model.latent_channels > 0): "
+      "the decoder starts at the encoder's coarsest resolution")
+  grid = (height // enc_factor, width // enc_factor, m.latent_channels)
+  return grid, grid[0] * grid[1] * grid[2]
 
 
 def make(config: ConfigDict, spec: DatasetSpec) -> Family:
   validate(config)
   m = config.model
-  latent_dim, beta = m.latent_dim, float(m.beta)
-  encoder = ConvEncoder(widths=tuple(m.encoder_widths), hidden=m.hidden,
-                        num_outputs=2 * latent_dim)
+  variational = m.family == "vae"
+  beta = float(m.beta) if variational else 0.0
+  likelihood = likelihoods.make(m.likelihood, spec.image_shape[2],
+                                m.num_mixtures, m.gaussian_std)
+  latent_grid, latent_dim = _latent_layout(config, spec)
+  code_size = 2 if variational else 1   # mean and log-variance, or the code
+  encoder = ConvEncoder(
+      widths=tuple(m.encoder_widths), hidden=m.hidden, res_blocks=m.res_blocks,
+      spatial=latent_grid is not None,
+      num_outputs=code_size * (latent_grid[2] if latent_grid else latent_dim))
   decoder = ConvDecoder(image_shape=spec.image_shape,
-                        widths=tuple(m.decoder_widths), hidden=m.hidden)
+                        widths=tuple(m.decoder_widths), hidden=m.hidden,
+                        out_channels=likelihood.out_channels,
+                        res_blocks=m.res_blocks, latent_grid=latent_grid)
+  num_dims = spec.image_shape[0] * spec.image_shape[1] * spec.image_shape[2]
+  # bits/dim for likelihoods of 8-bit pixels; binarized MNIST stays in nats.
+  report_bpd = m.likelihood == "discretized_logistic"
   optimizer = optim.make_optimizer(config.optimizer, config.train.num_steps)
   dynamic = config.data.binarize == "dynamic"
   conditional = bool(m.conditional)
@@ -111,20 +164,38 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
       x_BHWC = jnp.concatenate(
           [x_BHWC, jnp.broadcast_to(onehot[:, None, None, :],
                                     (*x_BHWC.shape[:3], num_classes))], -1)
-    mean_BL, logvar_BL = jnp.split(encoder.apply(params["encoder"], x_BHWC), 2, -1)
-    return mean_BL, logvar_BL
+    out = encoder.apply(params["encoder"], x_BHWC)
+    if not variational:
+      return out.reshape(out.shape[0], -1), None
+    # Split channels (spatial) or features (vector), then flatten each half.
+    mean, logvar = jnp.split(out, 2, -1)
+    return mean.reshape(out.shape[0], -1), logvar.reshape(out.shape[0], -1)
 
   def decode_logits(params, z_BL, labels_B=None):
-    if conditional:
-      z_BL = jnp.concatenate(
-          [z_BL, jax.nn.one_hot(labels_B, num_classes, dtype=z_BL.dtype)], -1)
-    return decoder.apply(params["decoder"], z_BL)
+    onehot = (jax.nn.one_hot(labels_B, num_classes, dtype=z_BL.dtype)
+              if conditional else None)
+    return decoder.apply(params["decoder"], z_BL, onehot)
 
   def neg_elbo_parts(params, x_BHWC, eps_BL, labels_B):
     mean_BL, logvar_BL = encode(params, x_BHWC, labels_B)
+    if not variational:
+      recon_nats = likelihood.nll_nats(decode_logits(params, mean_BL, labels_B),
+                                       x_BHWC)
+      return recon_nats, jnp.zeros_like(recon_nats)
     z_BL = mean_BL + jnp.exp(0.5 * logvar_BL) * eps_BL
-    recon_nats = bernoulli_nll_nats(decode_logits(params, z_BL, labels_B), x_BHWC)
+    recon_nats = likelihood.nll_nats(decode_logits(params, z_BL, labels_B), x_BHWC)
     return recon_nats, gaussian_kl_nats(mean_BL, logvar_BL)
+
+  def with_bpd(metrics):
+    if report_bpd:
+      metrics.update({k.replace("_nats", "_bpd"): likelihoods.nats_to_bits_per_dim(
+          v, num_dims) for k, v in list(metrics.items()) if k.endswith("_nats")})
+    return metrics
+
+  def named(recon, kl):
+    if variational:
+      return {"neg_elbo_nats": recon + kl, "recon_nats": recon, "kl_nats": kl}
+    return {"recon_nats": recon}
 
   def init(key: jax.Array, example_batch: Batch) -> VAEState:
     enc_key, dec_key = jax.random.split(key)
@@ -132,7 +203,8 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     x = jnp.zeros((1, *spec.image_shape[:2], spec.image_shape[2] + extra))
     params = {
         "encoder": encoder.init(enc_key, x),
-        "decoder": decoder.init(dec_key, jnp.zeros((1, latent_dim + extra))),
+        "decoder": decoder.init(dec_key, jnp.zeros((1, latent_dim)),
+                                jnp.zeros((1, num_classes)) if conditional else None),
     }
     del example_batch  # shapes come from the dataset spec
     return VAEState(step=jnp.zeros((), jnp.int32), params=params,
@@ -152,8 +224,7 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     def loss_fn(params):
       recon, kl = neg_elbo_parts(params, x_BHWC, eps_BL, batch["label"])
       loss = jnp.mean(recon + kl_weight * kl)
-      return loss, {"recon_nats": jnp.mean(recon), "kl_nats": jnp.mean(kl),
-                    "neg_elbo_nats": jnp.mean(recon + kl)}
+      return loss, with_bpd({k: jnp.mean(v) for k, v in named(recon, kl).items()})
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -188,9 +259,8 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
       b = x_BHWC.shape[0]
       logits = decode_logits(params, z_BKL.reshape(b * iwae_chunk, latent_dim),
                              jnp.repeat(labels_B, iwae_chunk))
-      logits = logits.reshape(b, iwae_chunk, *x_BHWC.shape[1:])
-      log_px = -jnp.sum(optax.sigmoid_binary_cross_entropy(
-          logits, x_BHWC[:, None]), axis=(2, 3, 4))
+      logits = logits.reshape(b, iwae_chunk, *x_BHWC.shape[1:3], -1)
+      log_px = -likelihood.nll_nats(logits, x_BHWC[:, None])
       log_pz = -0.5 * jnp.sum(z_BKL ** 2 + log_2pi, -1)
       log_qz = -0.5 * jnp.sum(eps_BKL ** 2 + log_2pi, -1) - 0.5 * jnp.sum(
           logvar_BL, -1)[:, None]
@@ -206,20 +276,27 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     x_BHWC = jax.vmap(to_pixels)(pixel_keys, batch["image"])
     eps_BL = jax.vmap(lambda k: jax.random.normal(k, (latent_dim,)))(eps_keys)
     recon, kl = neg_elbo_parts(state.params, x_BHWC, eps_BL, batch["label"])
-    metrics = {"neg_elbo_nats": recon + kl, "recon_nats": recon, "kl_nats": kl}
+    metrics = named(recon, kl)
     if iwae_samples:
       iwae_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(eps_keys)
       metrics[f"iwae{iwae_samples}_nats"] = iwae_nats(
           state.params, x_BHWC, batch["label"], iwae_keys)
-    return metrics
+    return with_bpd(metrics)
+
+  def encode_mean(state: VAEState, batch: Batch) -> jax.Array:
+    """Posterior means (the AE: codes) [B, latent_dim] of a batch; binarized
+    test images pass through to_pixels unchanged, so the key is immaterial."""
+    x_BHWC = to_pixels(jax.random.PRNGKey(0), batch["image"])
+    return encode(state.params, x_BHWC, batch["label"])[0]
 
   def sample(state: VAEState, key: jax.Array, num: int, labels=None) -> jax.Array:
-    """Bernoulli means of decoded prior samples; conditional: for `labels`
-    (default: 0, 1, ..., 9, 0, 1, ...)."""
+    """Decoder means E[x | z] of prior samples z ~ N(0, I) (the usual VAE
+    picture; a draw from p(x | z) adds per-pixel noise); conditional: for
+    `labels` (default: 0, 1, ..., 9, 0, 1, ...)."""
     z_BL = jax.random.normal(key, (num, latent_dim))
     if conditional and labels is None:
       labels = jnp.arange(num) % num_classes
-    return jax.nn.sigmoid(decode_logits(state.params, z_BL, labels))
+    return likelihood.mean(decode_logits(state.params, z_BL, labels))
 
   def views(state: VAEState, batch: Batch, key: jax.Array) -> dict[str, jax.Array]:
     """Grids as [rows, cols, H, W, C]: reconstructions (input beside its
@@ -229,7 +306,7 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     x_BHWC = to_pixels(key, batch["image"])
     labels_B = batch["label"]
     mean_BL, _ = encode(state.params, x_BHWC, labels_B)
-    decode = lambda z, y: jax.nn.sigmoid(decode_logits(state.params, z, y))
+    decode = lambda z, y: likelihood.mean(decode_logits(state.params, z, y))
     recon_BHWC = decode(mean_BL, labels_B)
     b = x_BHWC.shape[0]
     pairs_B2 = jnp.stack([x_BHWC, recon_BHWC], 1)
@@ -257,33 +334,68 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
       y_RC = jnp.tile(jnp.arange(num_classes), rows)
       out["class_by_style"] = decode(z_RC, y_RC).reshape(
           rows, num_classes, *x_BHWC.shape[1:])
+    if variational and latent_dim == 2 and not conditional:
+      out["latent_manifold"] = latent_manifold(decode)
     return out
 
-  if dynamic:
-    protocol = {
-        "metric": "negative ELBO in nats per image (upper bound on -log p(x)), "
-                  "one posterior sample per test image",
-        "data": "dynamically binarized: training pixels drawn as "
-                "Bernoulli(intensity/255) each time an image is seen; the test "
-                f"set binarized once with seed {config.data.test_binarize_seed}",
-    }
-  else:
-    protocol = {
-        "metric": "Bernoulli cross-entropy of [0, 1] intensities plus KL, in "
-                  "nats per image: a training objective, NOT a likelihood of "
-                  "the 8-bit images",
-        "data": "8-bit intensities scaled to [0, 1], not binarized",
-    }
+  def latent_manifold(decode, size: int = 16) -> jax.Array:
+    """Decoded grid of a 2-D latent space at the prior's quantiles 0.03..0.97
+    (Kingma & Welling 2014, fig. 4), as [size, size, H, W, C]."""
+    q = jax.scipy.special.ndtri(jnp.linspace(0.03, 0.97, size))
+    z1, z0 = jnp.meshgrid(-q, q, indexing="ij")   # z1 grows upward
+    z_NL = jnp.stack([z0.ravel(), z1.ravel()], -1)
+    return decode(z_NL, None).reshape(size, size, *spec.image_shape)
+
+  protocol = _protocol(config, likelihood, dynamic, variational)
   if iwae_samples:
     protocol["iwae"] = (f"iwae{iwae_samples}_nats: -log of the importance-"
                         f"weighted bound with k={iwae_samples} posterior samples "
                         "per test image (Burda et al. 2016); tighter than the "
                         "ELBO, -> -log p(x) as k grows")
-  protocol["decoder"] = "Bernoulli"
-  protocol["beta"] = beta
+  if variational:
+    protocol["beta"] = beta
   if conditional:
     protocol["conditional"] = ("encoder and decoder see the one-hot label; "
                                "ELBO of p(x | label)")
-  return Family(name="vae", init=init, train_step=train_step, sample=sample,
+  return Family(name=m.family, init=init, train_step=train_step,
+                sample=sample if variational else None,
                 evaluate=evaluate, views=views, loss_key="loss",
-                eval_protocol=protocol, conditional=conditional)
+                eval_protocol=protocol, conditional=conditional,
+                encode=encode_mean)
+
+
+def _protocol(config: ConfigDict, likelihood: likelihoods.PixelLikelihood,
+              dynamic: bool, variational: bool) -> dict[str, str]:
+  """What eval.json's numbers mean for this likelihood, data and family."""
+  if dynamic:
+    data = ("dynamically binarized: training pixels drawn as "
+            "Bernoulli(intensity/255) each time an image is seen; the test "
+            f"set binarized once with seed {config.data.test_binarize_seed}")
+  elif likelihood.name == "discretized_logistic":
+    data = ("8-bit pixels as they are: the decoder gives each of the 256 values "
+            "of a pixel a probability, so no dequantization is involved")
+  else:
+    data = "8-bit intensities scaled to [0, 1], not binarized"
+  decoder = {
+      "bernoulli": "Bernoulli per pixel",
+      "discretized_logistic": (
+          f"mixture of {config.model.num_mixtures} discretized logistics per "
+          "pixel, colour channels coupled linearly (PixelCNN++)"),
+      "gaussian": (f"Gaussian per pixel with fixed std {config.model.gaussian_std}"
+                   " on [0, 1] intensities (MSE)"),
+  }[likelihood.name]
+  bound = "negative ELBO" if variational else "reconstruction NLL"
+  if not likelihood.discrete or (likelihood.name == "bernoulli" and not dynamic):
+    metric = (f"{bound} of the decoder's {likelihood.name} density on [0, 1] "
+              "intensities, in nats per image: a training objective, NOT a "
+              "likelihood of the 8-bit images and not comparable with one")
+  elif variational:
+    metric = ("negative ELBO in nats per image (upper bound on -log p(x)), one "
+              "posterior sample per test image")
+    if likelihood.name == "discretized_logistic":
+      metric += "; *_bpd: the same in bits per dimension, nats / (H*W*C ln 2)"
+  else:
+    metric = ("reconstruction NLL -log p(x | z = f(x)) in nats per image: an "
+              "autoencoder has no prior, so this bounds no likelihood and is "
+              "not comparable with a VAE's negative ELBO")
+  return {"metric": metric, "data": data, "decoder": decoder}

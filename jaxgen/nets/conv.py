@@ -3,11 +3,11 @@
 Upsampling is sub-pixel (a 3x3 conv to r*r*C channels, then depth_to_space)
 rather than a strided `nn.ConvTranspose`: on CPU, XLA's gradient of a strided
 transposed convolution takes seconds per step, while the sub-pixel layer is an
-ordinary stride-1 convolution plus a reshape. Measured on 2 CPU cores, batch
-128, 28x28 MNIST decoder, forward+backward: ConvTranspose 176 ms/step,
-nearest-resize+conv 138, sub-pixel 152 (at equal widths); sub-pixel keeps the
-learned upsampling of ConvTranspose without its checkerboard artifacts
-(Shi et al. 2016) and without the slow gradient.
+ordinary stride-1 convolution plus a reshape, and the decoder's convolutions
+run at the coarse resolutions (benchmarks/decoder_upsampling.py and the README
+give the timings). Sub-pixel keeps the learned upsampling of ConvTranspose
+without its checkerboard artifacts (Shi et al. 2016) and without the slow
+gradient.
 """
 
 from __future__ import annotations
@@ -37,15 +37,30 @@ def space_to_depth(x_BHWC: jax.Array, r: int) -> jax.Array:
   return x.reshape(b, h // r, w // r, r * r * c)
 
 
+class ResBlock(nn.Module):
+  """x + conv(act(conv(act(x)))), 3x3, width kept."""
+  act: Callable[[jax.Array], jax.Array] = nn.relu
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    width = x.shape[-1]
+    h = nn.Conv(width, (3, 3))(self.act(x))
+    return x + nn.Conv(width, (3, 3))(self.act(h))
+
+
 class ConvEncoder(nn.Module):
   """Strided 3x3 convs halving resolution per width, then a dense layer.
 
   Maps images in [0, 1] to `num_outputs` features (e.g. 2 * latent_dim for a
-  Gaussian posterior's mean and log-variance).
+  Gaussian posterior's mean and log-variance). With `spatial`, no dense layer:
+  a 3x3 conv gives a [B, h, w, num_outputs] map at the coarsest resolution
+  (a latent per location, which carries far more detail of a colour image).
   """
   widths: Sequence[int]
   hidden: int
   num_outputs: int
+  res_blocks: int = 0           # residual blocks after each strided conv
+  spatial: bool = False
   act: Callable[[jax.Array], jax.Array] = nn.relu
 
   @nn.compact
@@ -53,6 +68,10 @@ class ConvEncoder(nn.Module):
     x = x_BHWC * 2.0 - 1.0
     for width in self.widths:
       x = self.act(nn.Conv(width, (3, 3), strides=(2, 2))(x))
+      for _ in range(self.res_blocks):
+        x = ResBlock(self.act)(x)
+    if self.spatial:
+      return nn.Conv(self.num_outputs, (3, 3))(self.act(x) if self.res_blocks else x)
     x = x.reshape(x.shape[0], -1)
     x = self.act(nn.Dense(self.hidden)(x))
     return nn.Dense(self.num_outputs)(x)
@@ -64,27 +83,55 @@ class ConvDecoder(nn.Module):
   `widths` run from coarse to fine: widths[0] is the channel count of the
   dense layer's coarse map; each later stage is a 3x3 conv to 4*width channels
   followed by depth_to_space(2), then a 3x3 conv at the new resolution.
-  The output conv produces 4*channels and a final depth_to_space(2), so no
+  The output conv produces 4*out_channels and a final depth_to_space(2), so no
   convolution ever runs at full resolution (the expensive one on CPU).
-  Returns unnormalized outputs (logits for a Bernoulli decoder).
+  With `latent_grid` = (h, w, c) the latent vector is that map, taken to
+  widths[0] channels by a 3x3 conv instead of the dense layers.
+  Returns unnormalized outputs (logits, or a likelihood's parameters), with
+  `out_channels` per pixel (default: the image's channels). `cond_BK` (e.g. a
+  one-hot label) joins the latent: appended to the vector, or broadcast as
+  extra channels of the map.
   """
   image_shape: tuple[int, int, int]
   widths: Sequence[int]
   hidden: int
+  out_channels: int | None = None
+  res_blocks: int = 0           # residual blocks at each resolution
+  latent_grid: tuple[int, int, int] | None = None
   act: Callable[[jax.Array], jax.Array] = nn.relu
 
   @nn.compact
-  def __call__(self, z_BL: jax.Array) -> jax.Array:
+  def __call__(self, z_BL: jax.Array, cond_BK: jax.Array | None = None
+               ) -> jax.Array:
     height, width, channels = self.image_shape
+    out_channels = self.out_channels or channels
     factor = 2 ** len(self.widths)  # upsampling stages + the output stage
     if height % factor or width % factor:
       raise ValueError(f"image {height}x{width} is not divisible by {factor} "
                        f"for a decoder with {len(self.widths)} stages")
     coarse = (height // factor, width // factor)
-    x = self.act(nn.Dense(self.hidden)(z_BL))
-    x = self.act(nn.Dense(coarse[0] * coarse[1] * self.widths[0])(x))
-    x = x.reshape(-1, *coarse, self.widths[0])
+    if self.latent_grid is not None:
+      if tuple(self.latent_grid[:2]) != coarse:
+        raise ValueError(f"latent grid {self.latent_grid[:2]} does not match the "
+                         f"decoder's coarsest resolution {coarse}")
+      x = z_BL.reshape(-1, *self.latent_grid)
+      if cond_BK is not None:
+        x = jnp.concatenate([x, jnp.broadcast_to(
+            cond_BK[:, None, None, :], (*x.shape[:3], cond_BK.shape[-1]))], -1)
+      x = self.act(nn.Conv(self.widths[0], (3, 3))(x))
+    else:
+      if cond_BK is not None:
+        z_BL = jnp.concatenate([z_BL, cond_BK], -1)
+      x = self.act(nn.Dense(self.hidden)(z_BL))
+      x = self.act(nn.Dense(coarse[0] * coarse[1] * self.widths[0])(x))
+      x = x.reshape(-1, *coarse, self.widths[0])
+    for _ in range(self.res_blocks):
+      x = ResBlock(self.act)(x)
     for stage_width in self.widths[1:]:
       x = self.act(depth_to_space(nn.Conv(4 * stage_width, (3, 3))(x), 2))
       x = self.act(nn.Conv(stage_width, (3, 3))(x))
-    return depth_to_space(nn.Conv(4 * channels, (3, 3))(x), 2)
+      for _ in range(self.res_blocks):
+        x = ResBlock(self.act)(x)
+    if self.res_blocks:
+      x = self.act(x)
+    return depth_to_space(nn.Conv(4 * out_channels, (3, 3))(x), 2)
