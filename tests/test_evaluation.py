@@ -47,6 +47,10 @@ def test_tampered_classifier_weights_are_refused(smoke_classifier, tmp_path,
   with pytest.raises(features.ExtractorMissingError,
                      match="configs/classifier_mnist.py"):
     features.load_extractor("mnist")
+  # No config to train one: the message must not send the user to it.
+  with pytest.raises(features.ExtractorMissingError,
+                     match="no cifar10 classifier yet"):
+    features.load_extractor("cifar10")
 
 
 def test_real_images_score_near_real_and_noise_and_collapse_far(smoke_classifier,
