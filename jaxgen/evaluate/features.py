@@ -100,12 +100,6 @@ def load_extractor(dataset: str) -> Extractor:
   directory = classifier_dir(dataset)
   info_path, params_path = directory / "info.json", directory / "params.msgpack"
   if not (info_path.exists() and params_path.exists()):
-    config = Path(__file__).resolve().parents[2] / "configs" / f"classifier_{dataset}.py"
-    if not config.exists():
-      raise ExtractorMissingError(
-          f"jaxgen has no {dataset} classifier yet (no configs/{config.name}), "
-          "so no classifier-feature metrics for it; FID/KID/IS come from "
-          "InceptionV3 where its weights are at hand (eval.inception_weights).")
     raise ExtractorMissingError(
         f"no trained {dataset} classifier in {directory}: sample-quality "
         f"metrics need one. Train it once with\n  python run.py "
