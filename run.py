@@ -179,12 +179,13 @@ def _without_iwae(setup, train):
 def _eval_line(result: dict, workdir: Path) -> str:
   parts = ", ".join(f"{k} {v['mean']:.4g} ± {v['stderr']:.2g}"
                     for k, v in result["metrics"].items())
+  # Whatever was computed; an extractor listed under "skipped" (a dict, as is
+  # "coverage") does not hide the others.
   quality = result.get("sample_metrics", {})
-  if "skipped" not in quality:
-    parts += "".join(f", {k} {v:.4g}" for k, v in quality.items()
-                     if isinstance(v, float))
-    if "coverage" in quality:
-      parts += f", classes covered {quality['coverage']['classes_covered']}"
+  parts += "".join(f", {k} {v:.4g}" for k, v in quality.items()
+                   if isinstance(v, float))
+  if "coverage" in quality:
+    parts += f", classes covered {quality['coverage']['classes_covered']}"
   return (f"test ({result['num_examples']:,} images, step {result['step']}): "
           f"{parts}  -> {workdir / 'eval.json'}")
 

@@ -137,3 +137,16 @@ def test_sigterm_saves_a_checkpoint_and_rerun_resumes(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resumed from the checkpoint at step {saved[0]}" in resumed.stderr
   assert f"trained to step {saved[0] + 5}" in resumed.stdout
+
+
+def test_eval_line_shows_sample_metrics_beside_a_skipped_extractor():
+  """The common case: the classifier's metrics exist, Inception was skipped."""
+  import run  # pylint: disable=g-import-not-at-top
+  result = {"num_examples": 10_000, "step": 6000,
+            "metrics": {"neg_elbo_nats": {"mean": 92.91, "stderr": 0.25}},
+            "sample_metrics": {"fd_mnistnet_10k": 102.8,
+                               "coverage": {"classes_covered": 10},
+                               "skipped": {"inception": "no weights"}}}
+  line = run._eval_line(result, REPO / "runs" / "x")  # pylint: disable=protected-access
+  assert "neg_elbo_nats 92.91" in line
+  assert "fd_mnistnet_10k 102.8" in line and "classes covered 10" in line
