@@ -137,6 +137,19 @@ def sample_quality(s: Setup, state: Any) -> tuple[dict[str, Any], dict[str, Any]
   return results, protocol
 
 
+def _frechet_and_kid(reference: dict[str, np.ndarray], fake: np.ndarray,
+                     seed: int) -> tuple[float, dict[str, float]]:
+  """Frechet distance to the reference statistics, and KID (subsets of up to
+  1,000) against the reference's fixed feature subset, with its stderr."""
+  fake_mean, fake_cov = metrics.feature_statistics(fake)
+  fd = metrics.frechet_distance(fake_mean, fake_cov, reference["mean"],
+                                reference["cov"])
+  kid, kid_stderr = metrics.kernel_inception_distance(
+      reference["subset"], fake,
+      subset_size=min(1000, len(fake), len(reference["subset"])), seed=seed)
+  return fd, {"mean": kid, "stderr": kid_stderr}
+
+
 def _classifier_metrics(s: Setup, extractor: features.Extractor,
                         samples: np.ndarray, asked: np.ndarray | None
                         ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -144,16 +157,13 @@ def _classifier_metrics(s: Setup, extractor: features.Extractor,
   predicted, fake = features.extract(extractor, samples)
   reference = features.reference_statistics(extractor, s.dataset.train, "train",
                                             s.dataset.spec.name)
-  fake_mean, fake_cov = metrics.feature_statistics(fake)
   suffix = f"{extractor.name}_{_count_name(num)}"
-  kid, kid_stderr = metrics.kernel_inception_distance(
-      reference["subset"], fake, subset_size=min(1000, num), seed=s.config.eval.seed)
+  fd, kid = _frechet_and_kid(reference, fake, s.config.eval.seed)
   precision, recall = metrics.precision_recall(reference["subset"][:num], fake)
   coverage = metrics.class_coverage(predicted, s.dataset.spec.num_classes)
   results = {
-      f"fd_{suffix}": metrics.frechet_distance(fake_mean, fake_cov,
-                                               reference["mean"], reference["cov"]),
-      f"kid_{suffix}": {"mean": kid, "stderr": kid_stderr},
+      f"fd_{suffix}": fd,
+      f"kid_{suffix}": kid,
       f"precision_{suffix}": precision,
       f"recall_{suffix}": recall,
       "coverage": coverage,
@@ -186,16 +196,12 @@ def _inception_metrics(s: Setup, extractor: features.Extractor,
     train = data.Split(train.images[:size], train.labels[:size])
   reference = features.reference_statistics(extractor, train, "train",
                                             s.dataset.spec.name)
-  fake_mean, fake_cov = metrics.feature_statistics(fake)
   suffix = f"inception_{_count_name(num)}"
-  kid, kid_stderr = metrics.kernel_inception_distance(
-      reference["subset"], fake, subset_size=min(1000, num, len(reference["subset"])),
-      seed=s.config.eval.seed)
+  fid, kid = _frechet_and_kid(reference, fake, s.config.eval.seed)
   score, score_std = inception.inception_score(logits, splits=min(10, num))
   results = {
-      f"fid_{suffix}": metrics.frechet_distance(fake_mean, fake_cov,
-                                                reference["mean"], reference["cov"]),
-      f"kid_{suffix}": {"mean": kid, "stderr": kid_stderr},
+      f"fid_{suffix}": fid,
+      f"kid_{suffix}": kid,
       f"is_{suffix}": {"mean": score, "std_over_splits": score_std},
   }
   full = len(train) == len(s.dataset.train)
