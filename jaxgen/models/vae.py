@@ -41,7 +41,7 @@ from ml_collections import ConfigDict
 from jaxgen import configlib, likelihoods, optim
 from jaxgen.data import DatasetSpec, binarize
 from jaxgen.models import Batch, Family, Metrics
-from jaxgen.nets.conv import ConvDecoder, ConvEncoder
+from jaxgen.nets.conv import ConvDecoder, ConvEncoder, append_channels
 
 
 @flax.struct.dataclass
@@ -160,10 +160,8 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
 
   def encode(params, x_BHWC, labels_B=None):
     if conditional:  # the label as extra constant input channels
-      onehot = jax.nn.one_hot(labels_B, num_classes, dtype=x_BHWC.dtype)
-      x_BHWC = jnp.concatenate(
-          [x_BHWC, jnp.broadcast_to(onehot[:, None, None, :],
-                                    (*x_BHWC.shape[:3], num_classes))], -1)
+      x_BHWC = append_channels(
+          x_BHWC, jax.nn.one_hot(labels_B, num_classes, dtype=x_BHWC.dtype))
     out = encoder.apply(params["encoder"], x_BHWC)
     if not variational:
       return out.reshape(out.shape[0], -1), None

@@ -37,6 +37,14 @@ def space_to_depth(x_BHWC: jax.Array, r: int) -> jax.Array:
   return x.reshape(b, h // r, w // r, r * r * c)
 
 
+def append_channels(x_BHWC: jax.Array, cond_BK: jax.Array) -> jax.Array:
+  """[B, H, W, C] + [B, K] -> [B, H, W, C + K], the K values at every pixel
+  (how a label reaches a convolution)."""
+  cond = jnp.broadcast_to(cond_BK[:, None, None, :].astype(x_BHWC.dtype),
+                          (*x_BHWC.shape[:3], cond_BK.shape[-1]))
+  return jnp.concatenate([x_BHWC, cond], -1)
+
+
 class ResBlock(nn.Module):
   """x + conv(act(conv(act(x)))), 3x3, width kept."""
   act: Callable[[jax.Array], jax.Array] = nn.relu
@@ -116,8 +124,7 @@ class ConvDecoder(nn.Module):
                          f"decoder's coarsest resolution {coarse}")
       x = z_BL.reshape(-1, *self.latent_grid)
       if cond_BK is not None:
-        x = jnp.concatenate([x, jnp.broadcast_to(
-            cond_BK[:, None, None, :], (*x.shape[:3], cond_BK.shape[-1]))], -1)
+        x = append_channels(x, cond_BK)
       x = self.act(nn.Conv(self.widths[0], (3, 3))(x))
     else:
       if cond_BK is not None:
