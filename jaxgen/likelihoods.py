@@ -105,20 +105,26 @@ def _split_mixture(out, channels: int, k: int):
   return logits, means, jnp.maximum(log_scales, _MIN_LOG_SCALE), coeffs
 
 
-def _coupled_means(means, coeffs, x_C1, channels: int):
-  """Mean of channel c in each component: mu_c + sum_{j<c} coeff * x_j, with
-  the earlier channels' values x_C1 [..., C, 1] (data or their means)."""
-  if channels == 1:
-    return means
-  coupled = [means[..., 0, :]]
-  index = 0
-  for c in range(1, channels):
-    m = means[..., c, :]
+def _couple(bases: list[jax.Array], coeffs: list[jax.Array],
+            feed: Callable[[int, jax.Array], jax.Array]
+            ) -> tuple[list[jax.Array], list[jax.Array]]:
+  """PixelCNN++'s colour coupling, channel by channel: channel c's value is
+  bases[c] + sum_{j<c} coeffs[.] * fed[j], where fed[j] = feed(j, value of
+  channel j) is what later channels see (the data's value for a likelihood,
+  the coupled mean for E[x], the clipped draw for a sample).
+  Returns (the coupled values, the fed values)."""
+  coupled, fed, index = [], [], 0
+  for c, value in enumerate(bases):
     for j in range(c):
-      m = m + coeffs[..., index, :] * x_C1[..., j, :]
+      value = value + coeffs[index] * fed[j]
       index += 1
-    coupled.append(m)
-  return jnp.stack(coupled, -2)
+    coupled.append(value)
+    fed.append(feed(c, value))
+  return coupled, fed
+
+
+def _per_channel(params_XCK: jax.Array) -> list[jax.Array]:
+  return [params_XCK[..., c, :] for c in range(params_XCK.shape[-2])]
 
 
 def logistic_mixture_log_probs(out_BHWP: jax.Array, x01_BHWC: jax.Array,
@@ -126,7 +132,9 @@ def logistic_mixture_log_probs(out_BHWP: jax.Array, x01_BHWC: jax.Array,
   """log p(pixel) of each pixel [B, H, W] (all its channels jointly)."""
   logits, means, log_scales, coeffs = _split_mixture(out_BHWP, channels, k)
   x_C1 = (x01_BHWC * 2.0 - 1.0)[..., None]           # [-1, 1], [..., C, 1]
-  centered = x_C1 - _coupled_means(means, coeffs, x_C1, channels)
+  coupled, _ = _couple(_per_channel(means), _per_channel(coeffs),
+                       lambda c, _: x_C1[..., c, :])
+  centered = x_C1 - jnp.stack(coupled, -2)
   inv_scale = jnp.exp(-log_scales)
   plus_in = inv_scale * (centered + _HALF_BIN)
   min_in = inv_scale * (centered - _HALF_BIN)
@@ -158,14 +166,8 @@ def logistic_mixture_mean(out_BHWP: jax.Array, channels: int, k: int
   """E[x] in [0, 1] (ignoring the clipping at the edges): within component k,
   E[x_c] = mu_c + sum_j coeff * E[x_j | k]."""
   logits, means, _, coeffs = _split_mixture(out_BHWP, channels, k)
-  component_means = [means[..., 0, :]]
-  index = 0
-  for c in range(1, channels):
-    m = means[..., c, :]
-    for j in range(c):
-      m = m + coeffs[..., index, :] * component_means[j]
-      index += 1
-    component_means.append(m)
+  component_means, _ = _couple(_per_channel(means), _per_channel(coeffs),
+                               lambda c, value: value)
   weights = jax.nn.softmax(logits, -1)[..., None, :]
   mean = jnp.sum(jnp.stack(component_means, -2) * weights, -1)
   return jnp.clip((mean + 1.0) / 2.0, 0.0, 1.0)
@@ -183,12 +185,8 @@ def logistic_mixture_sample(key: jax.Array, out_BHWP: jax.Array, channels: int,
   coeff = jnp.sum(coeffs * onehot, -1)
   u = jax.random.uniform(noise_key, mu.shape, minval=1e-5, maxval=1.0 - 1e-5)
   noise = jnp.exp(log_s) * (jnp.log(u) - jnp.log1p(-u))
-  values, index = [], 0
-  for c in range(channels):
-    v = mu[..., c] + noise[..., c]
-    for j in range(c):
-      v = v + coeff[..., index] * values[j]
-      index += 1
-    values.append(jnp.clip(v, -1.0, 1.0))
+  _, values = _couple([mu[..., c] + noise[..., c] for c in range(channels)],
+                      [coeff[..., i] for i in range(coeff.shape[-1])],
+                      lambda c, value: jnp.clip(value, -1.0, 1.0))
   x = jnp.stack(values, -1)
   return jnp.round((x + 1.0) * 127.5) / 255.0
