@@ -27,12 +27,17 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with ':smoke'.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output folder (default: runs/<config name>[_smoke]).")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "report"],
+_MODE = flags.DEFINE_enum("mode", "train",
+                          ["train", "eval", "sample", "score", "report"],
                           "train (resumes if the workdir has checkpoints), "
                           "eval (test-set metrics of the latest checkpoint), "
                           "sample (--num samples of it to samples_<num>.npz), "
+                          "score (sample metrics of --samples=FILE.npz), "
                           "report (compare --workdirs in one page).")
 _NUM = flags.DEFINE_integer("num", 64, "--mode=sample: how many samples.")
+_SAMPLES = flags.DEFINE_string(
+    "samples", None, "--mode=score: an .npz with 'images' (uint8 NHWC), e.g. "
+    "another codebase's samples, scored as jaxgen scores its own.")
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "--mode=report: run folders to compare.")
 _REPORT_DIR = flags.DEFINE_string("report_dir", "runs/report",
                                   "--mode=report: where report.md goes.")
@@ -124,6 +129,12 @@ def main(argv: list[str]) -> int:
       path = evaluate.write_samples(train.setup(config, workdir), _NUM.value)
       print(f"{_NUM.value} samples -> {path}")
       return 0
+    if _MODE.value == "score":
+      if not _SAMPLES.value:
+        _fail("--mode=score needs --samples=FILE.npz", 2)
+      result = evaluate.score_file(train.setup(config, workdir), Path(_SAMPLES.value))
+      print(_quality_line(result["sample_metrics"])[2:] + f"  -> {result.get('path')}")
+      return 0
     if _MODE.value == "eval":
       result = evaluate.run(train.setup(config, workdir))
       print(_eval_line(result, workdir))
@@ -145,7 +156,8 @@ def main(argv: list[str]) -> int:
     return 0
   except (configlib.ConfigError, sharding.ShardingError) as e:
     _fail(str(e), 2)
-  except (data.DataError, CheckpointError, train.NonFiniteError) as e:
+  except (data.DataError, CheckpointError, train.NonFiniteError,
+          evaluate.SamplesError) as e:
     _fail(str(e), 1)
   return 0
 
@@ -179,15 +191,19 @@ def _without_iwae(setup, train):
 def _eval_line(result: dict, workdir: Path) -> str:
   parts = ", ".join(f"{k} {v['mean']:.4g} ± {v['stderr']:.2g}"
                     for k, v in result["metrics"].items())
-  # Whatever was computed; an extractor listed under "skipped" (a dict, as is
-  # "coverage") does not hide the others.
-  quality = result.get("sample_metrics", {})
-  parts += "".join(f", {k} {v:.4g}" for k, v in quality.items()
-                   if isinstance(v, float))
-  if "coverage" in quality:
-    parts += f", classes covered {quality['coverage']['classes_covered']}"
+  parts += _quality_line(result.get("sample_metrics", {}))
   return (f"test ({result['num_examples']:,} images, step {result['step']}): "
           f"{parts}  -> {workdir / 'eval.json'}")
+
+
+def _quality_line(quality: dict) -> str:
+  # Whatever was computed; an extractor listed under "skipped" (a dict, as is
+  # "coverage") does not hide the others.
+  parts = "".join(f", {k} {v:.4g}" for k, v in quality.items()
+                  if isinstance(v, float))
+  if "coverage" in quality:
+    parts += f", classes covered {quality['coverage']['classes_covered']}"
+  return parts
 
 
 if __name__ == "__main__":

@@ -68,6 +68,10 @@ def base_config() -> ConfigDict:
   c.train = ConfigDict()
   c.train.batch_size = 128         # global, split over all devices
   c.train.num_steps = 10_000
+  # Wall-clock budget in seconds over all sessions on a workdir (0: none):
+  # training stops at num_steps or when the budget is spent, whichever is
+  # first, with a checkpoint ("time to quality" comparisons).
+  c.train.max_seconds = 0.0
   c.train.log_every = 100
   c.train.checkpoint_every = 1_000
   c.train.snapshot_every = 1_000   # sample grids for samples/ and progress.gif
@@ -95,6 +99,12 @@ def base_config() -> ConfigDict:
   # train split (the standard; hours on a CPU, minutes on a GPU).
   c.eval.inception_reference_size = 0
 
+  # Mode-collapse monitor, at every snapshot of a sampling family: this many
+  # samples from a fixed seed, scored by jaxgen's classifier for the dataset
+  # (when it is cached) -> monitor_classes_covered, monitor_kl_to_uniform,
+  # monitor_recall, monitor_fd in metrics.jsonl and curves.png. 0 disables.
+  c.train.monitor_samples = 1_000
+
   c.viz = ConfigDict()
   c.viz.num_samples = 64
   c.viz.seed = 0                   # the fixed noise behind every sample grid
@@ -111,6 +121,7 @@ def shrink_for_smoke(c: ConfigDict) -> None:
   c.optimizer.warmup_steps = 0
   c.eval.batch_size = 1_000
   c.eval.num_samples = 1_000
+  c.train.monitor_samples = 200
   c.viz.num_samples = 16
 
 
@@ -152,10 +163,11 @@ def validate_base(config: ConfigDict) -> None:
                    "train.log_every", "train.checkpoint_every",
                    "train.snapshot_every", "train.keep_checkpoints",
                    "eval.batch_size", "viz.num_samples")
-  require_positive(config, "eval.num_samples", "eval.iwae_samples", allow_zero=True)
+  require_positive(config, "eval.num_samples", "eval.iwae_samples",
+                   "train.monitor_samples", allow_zero=True)
   require_positive(config, "train.num_steps", "optimizer.warmup_steps",
                    "optimizer.weight_decay", "optimizer.grad_clip_norm",
-                   allow_zero=True)
+                   "train.max_seconds", allow_zero=True)
   require(config, "optimizer.final_lr_fraction",
           0.0 <= config.optimizer.final_lr_fraction <= 1.0, "must be in [0, 1]")
 

@@ -174,6 +174,47 @@ class _Snapshots:
     return sorted(self._dir.glob("step_*.png"))
 
 
+class _CollapseMonitor:
+  """Class coverage, recall and Frechet distance of a fixed batch of samples in
+  the dataset classifier's features, logged at every snapshot: mode collapse
+  shows as falling coverage and recall while the losses look fine. Off when
+  the family does not sample or no classifier is cached (said once)."""
+
+  def __init__(self, s: Setup):
+    self._enabled = False
+    num = s.config.train.monitor_samples
+    if not num or s.family.sample is None:
+      return
+    from jaxgen.evaluate import features  # pylint: disable=g-import-not-at-top
+    try:
+      self._extractor = features.load_extractor(s.dataset.spec.name)
+    except features.ExtractorMissingError as e:
+      logging.info("mode-collapse monitor off: %s", str(e).split("\n")[0])
+      return
+    self._reference = features.reference_statistics(
+        self._extractor, s.dataset.train, "train", s.dataset.spec.name)
+    key = jax.random.PRNGKey(s.config.viz.seed + 1)
+    self._sample = jax.jit(lambda state: s.family.sample(state, key, num),
+                           out_shardings=sharding.replicated(s.mesh))
+    self._num_classes = s.dataset.spec.num_classes
+    self._enabled = True
+
+  def __call__(self, state: Any) -> dict[str, float]:
+    if not self._enabled:
+      return {}
+    from jaxgen.evaluate import features, metrics  # pylint: disable=g-import-not-at-top
+    predicted, fake = features.extract(self._extractor, np.asarray(self._sample(state)))
+    coverage = metrics.class_coverage(predicted, self._num_classes)
+    real = self._reference["subset"][:len(fake)]
+    _, recall = metrics.precision_recall(real, fake)
+    mean, cov = metrics.feature_statistics(fake)
+    fd = metrics.frechet_distance(mean, cov, self._reference["mean"],
+                                  self._reference["cov"])
+    return {"monitor_classes_covered": float(coverage["classes_covered"]),
+            "monitor_kl_to_uniform": coverage["kl_to_uniform"],
+            "monitor_recall": recall, "monitor_fd": fd}
+
+
 def _write_config(s: Setup, resume_step: int) -> None:
   """config.json; a changed config on resume keeps the old one beside it."""
   path = s.workdir / "config.json"
@@ -226,6 +267,13 @@ def train(config: ConfigDict, workdir: str | Path, *, mesh: Mesh | None = None,
     _write_config(s, start_step)
   writer = MetricWriter(s.workdir, resume_step=start_step)
   snapshots = _Snapshots(s, writer)
+  monitor = _CollapseMonitor(s)
+
+  def snapshot(current, at_step: int) -> None:
+    snapshots(current, at_step)
+    found = monitor(current)
+    if found and primary:
+      writer.write_scalars(at_step, found)
   num_params = count_params(state.params)
   logging.info("%s on %s: %s parameters, %d devices, data from %s (%.1fs)",
                s.family.name, s.dataset.spec.name, f"{num_params:,}",
@@ -238,6 +286,9 @@ def train(config: ConfigDict, workdir: str | Path, *, mesh: Mesh | None = None,
                     out_shardings=(replicated, replicated), donate_argnums=0)
 
   step = start_step
+  # The time budget counts earlier sessions on this workdir too.
+  budget_seconds = (float(t.max_seconds) - _previous_wall_seconds(s.workdir)
+                    if t.max_seconds else math.inf)
   interval: list[dict[str, float]] = []
   last_logged: dict[str, float] = {}
   compile_seconds = None
@@ -289,9 +340,12 @@ def train(config: ConfigDict, workdir: str | Path, *, mesh: Mesh | None = None,
   pending = None  # (step, device metrics) fetched one step late
   try:
     if start_step == 0 and t.num_steps > 0:
-      snapshots(state, 0)
+      snapshot(state, 0)
     with _StopFlag() as stop:
-      while step < t.num_steps and stop.signum is None:
+      def within_budget() -> bool:
+        return time.perf_counter() - loop_start < budget_seconds
+
+      while step < t.num_steps and stop.signum is None and within_budget():
         batch = batches(step)
         state, metrics = step_fn(state, batch, jax.random.fold_in(s.keys["train"], step))
         step += 1
@@ -309,17 +363,19 @@ def train(config: ConfigDict, workdir: str | Path, *, mesh: Mesh | None = None,
           if step % t.checkpoint_every == 0:
             save_checkpoint(step, state)
           if step % t.snapshot_every == 0:
-            snapshots(state, step)
+            snapshot(state, step)
         if after_step is not None:
           after_step(step, state)
       if pending is not None:
         record(*pending)
         pending = None
+      if step < t.num_steps and not within_budget():
+        status = f"time budget of {t.max_seconds:g}s reached"
       if stop.signum is not None:
         status = f"interrupted by {signal.Signals(stop.signum).name}"
       save_checkpoint(step, state)
       if step % t.snapshot_every and step > start_step:
-        snapshots(state, step)
+        snapshot(state, step)
       checkpointer.wait()
     interrupted_by = stop.signum
   except NonFiniteError:
@@ -337,10 +393,21 @@ def train(config: ConfigDict, workdir: str | Path, *, mesh: Mesh | None = None,
       viz.write_gif(frames, s.workdir / "progress.gif",
                     labels=[f"step {int(p.stem.split('_')[-1])}" for p in frames])
       viz.plot_curves(read_jsonl(writer.path), s.workdir / "curves.png",
-                      title=f"{s.family.name} on {s.dataset.spec.name}")
+                      title=f"{s.family.name} on {s.dataset.spec.name}",
+                      groups=s.family.curve_groups)
     writer.close()
     checkpointer.close()
   return RunResult(s, state, step, interrupted_by, summary)
+
+
+def _previous_wall_seconds(workdir: Path) -> float:
+  path = workdir / "summary.json"
+  if not path.exists():
+    return 0.0
+  try:
+    return float(json.loads(path.read_text()).get("wall_seconds", 0.0))
+  except (json.JSONDecodeError, TypeError, ValueError):
+    return 0.0
 
 
 def _summary(s: Setup, status: str, step: int, start_step: int,

@@ -68,8 +68,10 @@ def write_gif(frame_paths: Sequence[str | Path], path: str | Path,
 
 
 def plot_curves(records: Sequence[dict], path: str | Path,
-                keys: Sequence[str] | None = None, title: str = "") -> None:
-  """One panel per metric against step, from metrics.jsonl records."""
+                keys: Sequence[str] | None = None, title: str = "",
+                groups: Sequence[Sequence[str]] = ()) -> None:
+  """One panel per metric against step, from metrics.jsonl records; each of
+  `groups` (e.g. ("d_real", "d_fake")) shares one panel with a legend."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -78,19 +80,27 @@ def plot_curves(records: Sequence[dict], path: str | Path,
     skip = {"step", "epoch", "steps_per_second", "wall_seconds"}
     keys = sorted({k for r in records for k, v in r.items()
                    if k not in skip and isinstance(v, (int, float))})
-  if not records or not keys:
+  present = set(keys)
+  panels = [tuple(k for k in group if k in present) for group in groups]
+  panels = [p for p in panels if p]
+  grouped = {k for p in panels for k in p}
+  panels += [(k,) for k in keys if k not in grouped]
+  if not records or not panels:
     return
-  cols = min(3, len(keys))
-  rows = int(math.ceil(len(keys) / cols))
+  cols = min(3, len(panels))
+  rows = int(math.ceil(len(panels) / cols))
   fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows),
                            squeeze=False)
-  for ax, key in zip(axes.flat, keys):
-    points = [(r["step"], r[key]) for r in records if key in r]
-    ax.plot(*zip(*points), lw=1.2)
-    ax.set_title(key, fontsize=10)
+  for ax, panel in zip(axes.flat, panels):
+    for key in panel:
+      points = [(r["step"], r[key]) for r in records if key in r]
+      ax.plot(*zip(*points), lw=1.2, label=key)
+    ax.set_title(" vs ".join(panel), fontsize=10)
+    if len(panel) > 1:
+      ax.legend(fontsize=8)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-  for ax in list(axes.flat)[len(keys):]:
+  for ax in list(axes.flat)[len(panels):]:
     ax.axis("off")
   if title:
     fig.suptitle(title)

@@ -30,6 +30,10 @@ from jaxgen.evaluate import features, inception, metrics
 from jaxgen.train import Setup, abstract_like, init_state, make_checkpointer
 
 
+class SamplesError(ValueError):
+  """Images handed to --mode=score that cannot be scored; says why."""
+
+
 def eval_split(s: Setup) -> data.Split:
   """The test split as the evaluation protocol defines it."""
   test = s.dataset.test
@@ -110,9 +114,24 @@ def sample_quality(s: Setup, state: Any) -> tuple[dict[str, Any], dict[str, Any]
   """
   num = s.config.eval.num_samples
   samples, asked = _draw(s, state, num, jax.random.PRNGKey(s.config.eval.seed + 1))
+  results, protocol = score_images(s, samples, asked)
+  protocol["sample_seed"] = s.config.eval.seed + 1
+  return results, protocol
+
+
+def score_images(s: Setup, samples: np.ndarray, asked: np.ndarray | None = None
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """The sample-quality metrics of any images (NHWC, uint8 or [0, 1] floats)
+  against the dataset's training split: a family's samples, or another
+  codebase's (--mode=score), scored the same way."""
+  expected = tuple(s.dataset.spec.image_shape)
+  if samples.ndim != 4 or tuple(samples.shape[1:]) != expected:
+    raise SamplesError(f"samples of shape {samples.shape}: expected "
+                     f"[N, {', '.join(map(str, expected))}] for "
+                     f"{s.dataset.spec.name} (NHWC)")
+  num = len(samples)
   results: dict[str, Any] = {}
-  protocol: dict[str, Any] = {"num_samples": num,
-                              "sample_seed": s.config.eval.seed + 1}
+  protocol: dict[str, Any] = {"num_samples": num}
   skipped = {}
   try:
     classifier = features.load_extractor(s.dataset.spec.name)
@@ -135,6 +154,28 @@ def sample_quality(s: Setup, state: Any) -> tuple[dict[str, Any], dict[str, Any]
   if skipped:
     results["skipped"] = skipped
   return results, protocol
+
+
+def score_file(s: Setup, path: Path) -> dict[str, Any]:
+  """--mode=score: the sample metrics of images['images'] in an .npz file,
+  written to <file>_scores.json beside it."""
+  try:
+    with np.load(path) as found:
+      images = found["images"]
+  except (OSError, ValueError, KeyError) as e:
+    raise SamplesError(f"--samples={path}: cannot read an 'images' array from it "
+                     f"({type(e).__name__}: {e}); write one with "
+                     "np.savez(path, images=uint8 NHWC array)") from e
+  start = time.perf_counter()
+  results, protocol = score_images(s, images)
+  result = {"samples": str(path), "sample_metrics": results,
+            "sample_protocol": protocol,
+            "wall_seconds": round(time.perf_counter() - start, 2)}
+  if jax.process_index() == 0:
+    out = path.with_name(path.stem + "_scores.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    result["path"] = str(out)
+  return result
 
 
 def _frechet_and_kid(reference: dict[str, np.ndarray], fake: np.ndarray,

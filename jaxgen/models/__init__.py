@@ -39,6 +39,7 @@ FAMILIES = {
     "ae": "jaxgen.models.vae",
     "vae": "jaxgen.models.vae",
     "classifier": "jaxgen.models.classifier",
+    "gan": "jaxgen.models.gan",
 }
 
 
@@ -63,6 +64,8 @@ class Family:
   # Posterior means / codes of a batch, for latent-space statistics and the
   # scatter of the test set (None: no latent space).
   encode: Callable[[State, Batch], jax.Array] | None = None
+  # Metrics that share a panel of curves.png, e.g. (("d_real", "d_fake"),).
+  curve_groups: tuple[tuple[str, ...], ...] = ()
 
 
 def make_family(config: ConfigDict, spec: DatasetSpec) -> Family:

@@ -1,0 +1,152 @@
+"""Train-step speed: jaxgen's jitted step vs its PyTorch twin, in one process.
+
+    pip install -r benchmarks/requirements.txt      # CPU torch 2.13
+    python benchmarks/speed.py                       # every config with a twin
+    python benchmarks/speed.py --configs=dcgan_mnist --repeats=7
+
+For each config: jaxgen's compile time, then `--repeats` rounds that alternate
+A/B (jaxgen `--steps` steps, then PyTorch `--steps` steps of the identical
+network, loss and optimizer), after warm-up; the table gives medians over the
+rounds, the ratio jaxgen/PyTorch in steps per second (> 1: jaxgen faster), and
+is written to benchmarks/RESULTS.md with the machine it ran on. Random uint8
+batches of the config's batch size: the data pipeline is not timed.
+
+Twins so far: the DCGANs (benchmarks/torch_dcgan.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import torch  # pylint: disable=g-import-not-at-top
+
+import torch_dcgan  # pylint: disable=g-import-not-at-top
+from jaxgen import data  # pylint: disable=g-import-not-at-top
+from jaxgen.models import make_family  # pylint: disable=g-import-not-at-top
+
+
+def _config(name: str):
+  module = __import__(f"configs.{name}", fromlist=["get_config"])
+  return module.get_config()
+
+
+def jaxgen_stepper(name: str):
+  config = _config(name)
+  spec = data.SPECS[config.data.name]
+  family = make_family(config, spec)
+  b = config.train.batch_size
+  rng = np.random.default_rng(0)
+  batch = {"image": jax.numpy.asarray(rng.integers(0, 256, (b, *spec.image_shape),
+                                                   dtype=np.uint8)),
+           "label": jax.numpy.asarray(rng.integers(0, spec.num_classes, b,
+                                                   dtype=np.int32))}
+  state = jax.jit(family.init)(jax.random.PRNGKey(0), batch)
+  step = jax.jit(family.train_step, donate_argnums=0)
+  holder = {"state": state}
+  start = time.perf_counter()
+  holder["state"], metrics = step(holder["state"], batch, jax.random.PRNGKey(0))
+  jax.block_until_ready(metrics)
+  compile_seconds = time.perf_counter() - start
+
+  def run(n: int) -> None:
+    metrics = None
+    for i in range(n):
+      holder["state"], metrics = step(holder["state"], batch, jax.random.PRNGKey(i))
+    jax.block_until_ready(metrics)
+
+  return run, compile_seconds, b
+
+
+def torch_stepper(name: str):
+  dataset = {"dcgan_mnist": "mnist", "dcgan_cifar10": "cifar10"}[name]
+  model = torch_dcgan.DCGAN(dataset)
+  h, w, c = torch_dcgan.CONFIGS[dataset]["image_shape"]
+  real = torch.rand(model.batch_size, c, h, w) * 2 - 1
+
+  def run(n: int) -> None:
+    for _ in range(n):
+      losses = model.train_step(real)
+    float(losses["disc_loss"])  # sync
+
+  return run
+
+
+TWINS = {"dcgan_mnist": torch_stepper, "dcgan_cifar10": torch_stepper}
+
+
+def seconds_per_step(run, steps: int) -> float:
+  start = time.perf_counter()
+  run(steps)
+  return (time.perf_counter() - start) / steps
+
+
+def machine() -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  return (f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}; "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--configs", default=",".join(TWINS))
+  parser.add_argument("--steps", type=int, default=20, help="steps per round")
+  parser.add_argument("--repeats", type=int, default=5, help="A/B rounds")
+  parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+  args = parser.parse_args()
+  rows = []
+  for name in args.configs.split(","):
+    jax_run, compile_seconds, batch_size = jaxgen_stepper(name)
+    torch_run = TWINS[name](name)
+    jax_run(3)
+    torch_run(3)  # warm-up
+    jax_times, torch_times = [], []
+    for _ in range(args.repeats):
+      jax_times.append(seconds_per_step(jax_run, args.steps))
+      torch_times.append(seconds_per_step(torch_run, args.steps))
+    jax_ms = 1000 * statistics.median(jax_times)
+    torch_ms = 1000 * statistics.median(torch_times)
+    rows.append((name, batch_size, compile_seconds, jax_ms, torch_ms))
+    print(f"{name}: jaxgen {jax_ms:.1f} ms/step, torch {torch_ms:.1f} ms/step, "
+          f"ratio {torch_ms / jax_ms:.2f}", flush=True)
+  lines = [
+      "# Train-step speed: jaxgen vs PyTorch twin",
+      "",
+      f"Machine: {machine()}.",
+      f"Run {datetime.date.today()}: `python benchmarks/speed.py --configs="
+      f"{args.configs} --steps={args.steps} --repeats={args.repeats}`; medians "
+      "of the A/B rounds after warm-up.",
+      "",
+      "| config | batch | jaxgen compile (s) | jaxgen ms/step | PyTorch ms/step "
+      "| jaxgen img/s | PyTorch img/s | ratio (jaxgen/PyTorch speed) |",
+      "|---|---|---|---|---|---|---|---|",
+  ]
+  for name, b, comp, jms, tms in rows:
+    lines.append(f"| {name} | {b} | {comp:.1f} | {jms:.1f} | {tms:.1f} | "
+                 f"{1000 * b / jms:.0f} | {1000 * b / tms:.0f} | **{tms / jms:.2f}** |")
+  Path(args.out).write_text("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,114 @@
+"""DCGAN-style generator and discriminator for 28x28 and 32x32 images.
+
+Generator: z (+ one-hot label) -> dense -> coarse map -> sub-pixel upsampling
+stages -> tanh image in [-1, 1]. Discriminator: downsampling stages -> dense
+score (+ a projection of the label, Miyato & Koyama 2018).
+
+Resampling avoids the layers XLA's CPU backend is slow at (README, "Speed"):
+- up: a stride-1 3x3 conv to 4*C channels + depth_to_space(2) (sub-pixel),
+  instead of a strided nn.ConvTranspose, whose gradient takes seconds per
+  DCGAN step on CPU;
+- down ("space_to_depth", the default): space_to_depth(2) then a stride-1 3x3
+  conv. A strided conv's input gradient, which the generator's update needs
+  through the discriminator, is itself a transposed conv; this layer sees the
+  same 2x2 neighbourhoods through an ordinary conv. "strided" keeps the
+  classic 4x4 stride-2 conv.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgen.nets.conv import depth_to_space, space_to_depth
+
+# DCGAN's initialization (Radford et al. 2016): weights ~ N(0, 0.02).
+_DCGAN_INIT = nn.initializers.normal(0.02)
+NORMS = ("batch", "layer", "none")
+
+
+def _norm(kind: str, train: bool, name: str | None = None):
+  if kind == "batch":
+    # momentum 0.9 = PyTorch's BatchNorm momentum 0.1
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                        epsilon=1e-5, name=name)
+  if kind == "layer":
+    return nn.LayerNorm(epsilon=1e-5, name=name)
+  return lambda x: x
+
+
+class Generator(nn.Module):
+  """`widths` run coarse to fine; widths[0] is the dense layer's map depth.
+
+  28x28: coarse 7x7 (two upsampling stages, widths of length 2);
+  32x32: coarse 4x4 (three stages). Each stage after the first: conv3x3 to
+  4*width, depth_to_space(2), norm, ReLU. The output stage: conv3x3 to
+  4*channels, depth_to_space(2), tanh.
+  """
+  image_shape: tuple[int, int, int]
+  widths: Sequence[int]
+  norm: str = "batch"
+
+  @nn.compact
+  def __call__(self, z_BL: jax.Array, cond_BK: jax.Array | None = None,
+               train: bool = True) -> jax.Array:
+    height, width, channels = self.image_shape
+    factor = 2 ** len(self.widths)
+    if height % factor or width % factor:
+      raise ValueError(f"image {height}x{width} is not divisible by {factor} "
+                       f"for a generator with {len(self.widths)} widths")
+    coarse = (height // factor, width // factor)
+    if cond_BK is not None:
+      z_BL = jnp.concatenate([z_BL, cond_BK.astype(z_BL.dtype)], -1)
+    x = nn.Dense(coarse[0] * coarse[1] * self.widths[0], kernel_init=_DCGAN_INIT)(z_BL)
+    x = x.reshape(-1, *coarse, self.widths[0])
+    x = nn.relu(_norm(self.norm, train)(x))
+    for stage_width in self.widths[1:]:
+      x = nn.Conv(4 * stage_width, (3, 3), kernel_init=_DCGAN_INIT)(x)
+      x = nn.relu(_norm(self.norm, train)(depth_to_space(x, 2)))
+    x = nn.Conv(4 * channels, (3, 3), kernel_init=_DCGAN_INIT)(x)
+    return jnp.tanh(depth_to_space(x, 2))
+
+
+class Discriminator(nn.Module):
+  """Downsampling stages of `widths` (fine to coarse), LeakyReLU(0.2), a dense
+  score. The first stage has no norm (DCGAN). With `spectral_norm`, every
+  weight matrix is divided by its top singular value, estimated by one power
+  iteration per training call (Miyato et al. 2018). With `num_classes`, the
+  score adds <embed(label), features> (projection discriminator)."""
+  widths: Sequence[int]
+  norm: str = "batch"
+  spectral_norm: bool = False
+  downsample: str = "space_to_depth"   # | "strided"
+  num_classes: int = 0
+
+  def _layer(self, layer: nn.Module, x: jax.Array, train: bool) -> jax.Array:
+    if self.spectral_norm:
+      return nn.SpectralNorm(layer, n_steps=1)(x, update_stats=train)
+    return layer(x)
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array, labels_B: jax.Array | None = None,
+               train: bool = True) -> jax.Array:
+    x = x_BHWC
+    for i, width in enumerate(self.widths):
+      if self.downsample == "strided":
+        conv = nn.Conv(width, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
+                       kernel_init=_DCGAN_INIT)
+        x = self._layer(conv, x, train)
+      else:
+        x = self._layer(nn.Conv(width, (3, 3), kernel_init=_DCGAN_INIT),
+                        space_to_depth(x, 2), train)
+      if i > 0:
+        x = _norm(self.norm, train)(x)
+      x = nn.leaky_relu(x, 0.2)
+    h_BF = x.reshape(x.shape[0], -1)
+    score_B = self._layer(nn.Dense(1, kernel_init=_DCGAN_INIT), h_BF, train)[:, 0]
+    if self.num_classes:
+      # The class embedding is not spectrally normalized (a table, not a map).
+      embed = nn.Embed(self.num_classes, h_BF.shape[-1], embedding_init=_DCGAN_INIT)
+      score_B = score_B + jnp.sum(embed(labels_B) * h_BF, -1)
+    return score_B

@@ -1,0 +1,226 @@
+"""GAN family: every config's step, the two updates, losses, the gradient
+penalty, spectral norm, the training views and the mode-collapse monitor."""
+
+import json
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import dcgan_cifar10, dcgan_mnist, sngan_cifar10
+from jaxgen import configlib, evaluate, sharding, train
+from jaxgen.models import gan
+from jaxgen.nets.gan import Discriminator
+
+CONFIGS = {"dcgan_mnist": dcgan_mnist, "dcgan_cifar10": dcgan_cifar10,
+           "sngan_cifar10": sngan_cifar10}
+VARIANTS = {
+    "wgan_gp": {"model.loss": "wgan_gp", "model.disc_norm": "layer"},
+    "conditional": {"model.conditional": True, "model.spectral_norm": True},
+    "strided": {"model.downsample": "strided", "model.ema_decay": 0.9},
+    "no_norm_hinge": {"model.gen_norm": "none", "model.disc_norm": "none",
+                      "model.loss": "hinge"},
+}
+
+
+def smoke_config(name, overrides=None):
+  config = CONFIGS[name].get_config("smoke")
+  config.train.progress_bar = False
+  for path, value in (overrides or {}).items():
+    *parents, leaf = path.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture
+def datasets(request):
+  return lambda name: request.getfixturevalue(
+      "cifar10" if name.endswith("cifar10") else "mnist")
+
+
+def setup_and_batch(config, dataset, tmp_path, n=32):
+  s = train.setup(config, tmp_path, sharding.make_mesh(1), dataset)
+  split = dataset.train
+  batch = sharding.put_batch({"image": split.images[:n], "label": split.labels[:n]},
+                             s.mesh)
+  return s, batch
+
+
+def leaves_equal(a, b):
+  return all(np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+@pytest.mark.parametrize("name, variant", [(n, None) for n in sorted(CONFIGS)]
+                         + [("dcgan_mnist", v) for v in sorted(VARIANTS)])
+def test_smoke_step_is_deterministic_and_updates_both_networks(name, variant,
+                                                               datasets, tmp_path):
+  config = smoke_config(name, VARIANTS.get(variant))
+  s, batch = setup_and_batch(config, datasets(name), tmp_path)
+  state = train.init_state(s, batch)
+  step = jax.jit(s.family.train_step)
+  key = jax.random.PRNGKey(0)
+  first, metrics_a = step(state, batch, key)
+  second, metrics_b = step(state, batch, key)
+  assert leaves_equal(first, second)
+  assert {k: float(v) for k, v in metrics_a.items()} == {
+      k: float(v) for k, v in metrics_b.items()}
+  for net in ("generator", "discriminator"):
+    assert not leaves_equal(state.params[net], first.params[net]), net
+  assert all(np.isfinite(float(v)) for v in metrics_a.values()), metrics_a
+  assert int(first.step) == 1
+  images = jax.jit(lambda st: s.family.sample(st, key, 8))(first)
+  assert images.shape == (8, *s.dataset.spec.image_shape)
+  assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+
+
+def test_each_update_changes_only_its_own_network(mnist, tmp_path):
+  config = smoke_config("dcgan_mnist")
+  s, batch = setup_and_batch(config, mnist, tmp_path)
+  steps = gan.make_steps(config, s.dataset.spec)
+  state = train.init_state(s, batch)
+  real = gan.to_tanh_range(batch["image"])
+  key = jax.random.PRNGKey(1)
+  (params, stats, _), _ = jax.jit(steps.disc_update)(
+      (state.params, state.stats, state.opt_state), (real, batch["label"], key))
+  assert leaves_equal(params["generator"], state.params["generator"])
+  assert leaves_equal(stats["generator"], state.stats["generator"])
+  assert not leaves_equal(params["discriminator"], state.params["discriminator"])
+
+  params, _, _, _ = jax.jit(steps.gen_update)(
+      state.params, state.stats, state.opt_state, batch["label"], key)
+  assert leaves_equal(params["discriminator"], state.params["discriminator"])
+  assert not leaves_equal(params["generator"], state.params["generator"])
+
+
+def test_discriminator_learns_to_tell_real_from_a_fixed_generator(mnist, tmp_path):
+  config = smoke_config("dcgan_mnist")
+  config.optimizer.learning_rate = 1e-3
+  s, batch = setup_and_batch(config, mnist, tmp_path)
+  steps = gan.make_steps(config, s.dataset.spec)
+  state = train.init_state(s, batch)
+  real = gan.to_tanh_range(batch["image"])
+  update = jax.jit(steps.disc_update)
+  carry, losses = (state.params, state.stats, state.opt_state), []
+  for i in range(15):
+    carry, metrics = update(carry, (real, batch["label"], jax.random.PRNGKey(i)))
+    losses.append(float(metrics["disc_loss"]))
+  assert losses[-1] < 0.5 * losses[0], losses
+  assert float(metrics["d_real"]) > float(metrics["d_fake"])
+
+
+def test_losses_match_their_definitions():
+  real = jnp.array([2.0, -0.5, 0.3])
+  fake = jnp.array([-1.5, 0.7, 1.2])
+  bce = lambda logits, target: -(target * jax.nn.log_sigmoid(logits)
+                                 + (1 - target) * jax.nn.log_sigmoid(-logits))
+  np.testing.assert_allclose(gan.disc_loss_terms("nonsaturating", real, fake),
+                             bce(real, 1.0) + bce(fake, 0.0), rtol=1e-6)
+  np.testing.assert_allclose(gan.gen_loss_terms("nonsaturating", fake),
+                             bce(fake, 1.0), rtol=1e-6)
+  np.testing.assert_allclose(gan.disc_loss_terms("hinge", real, fake),
+                             [0.0 + 0.0, 1.5 + 1.7, 0.7 + 2.2], rtol=1e-6)
+  np.testing.assert_allclose(gan.disc_loss_terms("wgan_gp", real, fake),
+                             fake - real, rtol=1e-6)
+  np.testing.assert_allclose(gan.gen_loss_terms("hinge", fake), -fake)
+
+
+def test_gradient_penalty_against_a_hand_computation():
+  # critic(x) = sum(w * x^2) per image: grad = 2 w x, so the penalty at the
+  # mixed point x^ = e real + (1 - e) fake is (|2 w x^| - 1)^2.
+  rng = np.random.default_rng(0)
+  real = rng.normal(size=(3, 2, 2, 1)).astype(np.float32)
+  fake = rng.normal(size=(3, 2, 2, 1)).astype(np.float32)
+  w = rng.uniform(0.1, 1.0, size=(2, 2, 1)).astype(np.float32)
+  critic = lambda x: jnp.sum(w * x ** 2, axis=(1, 2, 3))
+  key = jax.random.PRNGKey(3)
+  got = gan.gradient_penalty(critic, real, fake, key)
+  e = np.asarray(jax.random.uniform(key, (3, 1, 1, 1)))
+  mixed = e * real + (1 - e) * fake
+  norms = np.sqrt(np.sum((2 * w * mixed) ** 2, axis=(1, 2, 3)))
+  np.testing.assert_allclose(got, (norms - 1) ** 2, rtol=1e-5)
+
+
+def test_spectral_norm_estimate_matches_numpy_svd():
+  net = Discriminator(widths=(4, 8), norm="none", spectral_norm=True)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 1))
+  variables = net.init(jax.random.PRNGKey(1), x, train=False)
+  apply = jax.jit(lambda v: net.apply(v, x, train=True, mutable=["batch_stats"])[1])
+  for _ in range(50):  # one power iteration per training call
+    variables = {**variables, **apply(variables)}
+  stats = flax.traverse_util.flatten_dict(variables["batch_stats"], sep="/")
+  params = flax.traverse_util.flatten_dict(variables["params"], sep="/")
+  sigmas = [float(v) for k, v in stats.items() if k.endswith("/sigma")]
+  checked = 0
+  for name, kernel in params.items():
+    if name.endswith("kernel"):
+      matrix = np.asarray(kernel).reshape(-1, kernel.shape[-1])
+      top = np.linalg.svd(matrix, compute_uv=False)[0]
+      assert any(abs(sg - top) < 1e-3 * top for sg in sigmas), (name, top, sigmas)
+      checked += 1
+  assert checked == 3  # two convs and the dense score
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"model.loss": "wgan_gp"}, "model.disc_norm"),
+    ({"model.disc_steps": 3}, "train.batch_size"),
+    ({"model.loss": "wasserstein"}, "model.loss"),
+    ({"model.ema_decay": 1.0}, "model.ema_decay"),
+    ({"data.binarize": "dynamic"}, "data.binarize"),
+])
+def test_bad_gan_configs_name_the_key(overrides, key, mnist):
+  config = smoke_config("dcgan_mnist", overrides)
+  with pytest.raises(configlib.ConfigError, match=key.replace(".", r"\.")):
+    gan.make(config, mnist.spec)
+
+
+def test_training_views_monitor_and_time_budget(smoke_classifier, mnist, tmp_path):
+  del smoke_classifier  # cached: the mode-collapse monitor runs
+  config = smoke_config("dcgan_mnist")
+  config.train.num_steps = 30
+  config.train.eval_at_end = False
+  run = train.train(config, tmp_path, mesh=sharding.make_mesh(1), dataset=mnist)
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+  monitored = [r for r in records if "monitor_classes_covered" in r]
+  assert [r["step"] for r in monitored] == [0, 10, 20, 30]
+  assert all(0 <= r["monitor_recall"] <= 1 and r["monitor_fd"] >= 0
+             for r in monitored)
+  assert any("d_real" in r and "d_fake" in r for r in records)
+  for name in ("progress.gif", "curves.png", "samples/step_000030.png",
+               "samples/interpolations_step_000030.png"):
+    assert (tmp_path / name).exists(), name
+  assert run.summary["status"] == "completed"
+
+  # A wall-clock budget stops training early, with a checkpoint, and counts
+  # earlier sessions: a spent budget trains no further.
+  budget = tmp_path / "budget"
+  config.train.num_steps = 10_000
+  config.train.max_seconds = 2.0
+  run = train.train(config, budget, mesh=sharding.make_mesh(1), dataset=mnist)
+  assert run.step < 10_000 and run.summary["status"].startswith("time budget")
+  assert train.make_checkpointer(run.setup).steps()[-1] == run.step
+  again = train.train(config, budget, mesh=sharding.make_mesh(1), dataset=mnist)
+  assert again.step == run.step
+
+
+def test_score_mode_scores_other_codebases_samples(smoke_classifier, mnist, tmp_path):
+  del smoke_classifier
+  s = train.setup(smoke_config("dcgan_mnist"), tmp_path, sharding.make_mesh(1), mnist)
+  real = tmp_path / "real.npz"
+  np.savez(real, images=mnist.test.images[:500])
+  noise = tmp_path / "noise.npz"
+  np.savez(noise, images=np.random.default_rng(0).integers(
+      0, 256, (500, 28, 28, 1), dtype=np.uint8))
+  real_fd = evaluate.score_file(s, real)["sample_metrics"]["fd_mnistnet_500"]
+  noise_fd = evaluate.score_file(s, noise)["sample_metrics"]["fd_mnistnet_500"]
+  assert real_fd < 0.1 * noise_fd
+  assert json.loads((tmp_path / "real_scores.json").read_text())["samples"] == str(real)
+  wrong = tmp_path / "wrong.npz"
+  np.savez(wrong, images=np.zeros((10, 32, 32, 3), np.uint8))
+  with pytest.raises(evaluate.SamplesError, match=r"expected \[N, 28, 28, 1\]"):
+    evaluate.score_file(s, wrong)
