@@ -5,23 +5,18 @@ generator update, two time-scale learning rates and an EMA generator.
     python run.py --config=configs/sngan_cifar10.py
     python run.py --config=configs/sngan_cifar10.py:smoke
 
-The same networks as configs/dcgan_cifar10.py, so the comparison at a fixed
-step budget isolates the training recipe (README, "GANs").
+The networks of configs/dcgan_cifar10.py, so a comparison at a fixed step
+budget isolates the training recipe (README, "The GAN family").
 """
 
+from configs import dcgan_cifar10
 from jaxgen import configlib
-from jaxgen.models import gan
 
 
 def get_config(arg: str | None = None) -> configlib.ConfigDict:
   options = configlib.parse_arg(arg, "configs/sngan_cifar10.py")
-  config = configlib.base_config()
-  config.data.name = "cifar10"
-  gan.add_model_config(config)
+  config = dcgan_cifar10.get_config(arg)
   m = config.model
-  m.latent_dim = 128
-  m.gen_widths = (256, 128, 64)
-  m.disc_widths = (64, 128, 256)
   m.loss = "hinge"
   m.spectral_norm = True
   m.disc_norm = "none"
@@ -32,17 +27,7 @@ def get_config(arg: str | None = None) -> configlib.ConfigDict:
   config.optimizer.b1 = 0.0
   config.optimizer.b2 = 0.9
   m.ema_decay = 0.999
-  m.ema_start = 1_000
-
+  m.ema_start = 5 if configlib.SMOKE in options else 1_000
   # Each step: two D updates on 64 real images each, one G update on 64 fakes.
-  config.train.batch_size = 128
-  config.train.num_steps = 20_000
-  config.train.log_every = 100
-  config.train.checkpoint_every = 2_000
-  config.train.snapshot_every = 1_000
-
-  if configlib.SMOKE in options:
-    configlib.shrink_for_smoke(config)
-    gan.shrink_model_for_smoke(config)
-    m.ema_start = 5
+  config.train.batch_size *= 2
   return config

@@ -172,6 +172,16 @@ def validate_base(config: ConfigDict) -> None:
           0.0 <= config.optimizer.final_lr_fraction <= 1.0, "must be in [0, 1]")
 
 
+def require_widths(config: ConfigDict, *paths: str) -> None:
+  """Each path holds a non-empty tuple of positive ints (layer widths)."""
+  for path in paths:
+    widths = get(config, path)
+    require(config, path,
+            isinstance(widths, (tuple, list)) and len(widths) > 0
+            and all(isinstance(w, int) and w > 0 for w in widths),
+            "must be a non-empty tuple of positive ints, e.g. '(32, 64)'")
+
+
 def check_overrides(config: ConfigDict, overrides: Iterable[str]) -> None:
   """Finds the first `--config.a.b=v` whose key does not exist, and says so.
 

@@ -92,13 +92,7 @@ def validate(config: ConfigDict) -> None:
   configlib.require_one_of(config, "model.downsample", ("space_to_depth", "strided"))
   configlib.require(config, "model.ema_decay", 0.0 <= m.ema_decay < 1.0,
                     "must be in [0, 1): 0 disables the EMA, 0.999 is typical")
-  for path in ("model.gen_widths", "model.disc_widths"):
-    widths = configlib.get(config, path)
-    configlib.require(
-        config, path,
-        isinstance(widths, (tuple, list)) and len(widths) > 0
-        and all(isinstance(w, int) and w > 0 for w in widths),
-        "must be a non-empty tuple of positive ints, e.g. '(128, 64)'")
+  configlib.require_widths(config, "model.gen_widths", "model.disc_widths")
   if m.loss == "wgan_gp":
     configlib.require(
         config, "model.disc_norm", m.disc_norm != "batch",

@@ -95,13 +95,7 @@ def validate(config: ConfigDict) -> None:
                       not config.eval.get("iwae_samples", 0),
                       "must be 0 for the AE: it has no posterior to "
                       "importance-sample (use model.family=vae)")
-  for path in ("model.encoder_widths", "model.decoder_widths"):
-    widths = configlib.get(config, path)
-    configlib.require(
-        config, path,
-        isinstance(widths, (tuple, list)) and len(widths) > 0
-        and all(isinstance(w, int) and w > 0 for w in widths),
-        "must be a non-empty tuple of positive ints, e.g. '(32, 64)'")
+  configlib.require_widths(config, "model.encoder_widths", "model.decoder_widths")
 
 
 def gaussian_kl_nats(mean_BL: jax.Array, logvar_BL: jax.Array) -> jax.Array:
