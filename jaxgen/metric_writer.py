@@ -24,6 +24,7 @@ class MetricWriter:
     self.path = Path(workdir) / "metrics.jsonl"
     self._active = jax.process_index() == 0
     self._events = None
+    self._last: tuple[dict, int] | None = None  # last line written, its offset
     if not self._active:
       return
     # Steps after the checkpoint we resume from will be recomputed (identically)
@@ -35,11 +36,21 @@ class MetricWriter:
     self._events = EventFileWriter(str(Path(workdir) / "events"))
 
   def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+    """Logs scalars at a step; a second call for the same step (e.g. the
+    mode-collapse monitor after the loss means) joins that step's line, so
+    metrics.jsonl keeps one object per step."""
     if not self._active:
       return
     record = {"step": int(step), **{k: _jsonable(v) for k, v in scalars.items()}}
-    with self.path.open("a") as f:
+    with self.path.open("r+" if self.path.exists() else "w") as f:
+      f.seek(0, io.SEEK_END)
+      if self._last is not None and self._last[0]["step"] == record["step"]:
+        record = {**self._last[0], **record}
+        f.seek(self._last[1])
+        f.truncate()
+      offset = f.tell()
       f.write(json.dumps(record) + "\n")
+    self._last = (record, offset)
     from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
     values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
               for k, v in scalars.items() if isinstance(v, (int, float))]

@@ -37,7 +37,7 @@ def test_smoke_run_writes_every_output_and_eval_mode_works(tmp_path):
   assert summary["steps_per_second"] > 0 and summary["wall_seconds"] > 0
   assert "neg_elbo_nats" in summary["final_metrics"]
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  # (with a cached classifier, the mode-collapse monitor adds its own records)
+  # (with a cached classifier, the mode-collapse monitor adds a step-0 line)
   assert [r["step"] for r in records if "loss" in r] == [5, 10, 15, 20]
   config = json.loads((workdir / "config.json").read_text())
   assert config["model"]["family"] == "vae" and config["train"]["num_steps"] == 20

@@ -13,6 +13,7 @@ from configs import vae_mnist
 from jaxgen import data, sharding, train
 from jaxgen import evaluate
 from jaxgen.checkpoint import CheckpointError
+from jaxgen.metric_writer import MetricWriter, read_jsonl
 
 
 def smoke_config(**train_overrides):
@@ -199,3 +200,19 @@ def test_binarized_test_set_matches_protocol(mnist, tmp_path):
   split = evaluate.eval_split(s)
   np.testing.assert_array_equal(split.images,
                                 data.binarize_once(mnist.test.images, seed=0))
+
+
+def test_metric_writer_keeps_one_line_per_step_across_writes_and_resumes(tmp_path):
+  writer = MetricWriter(tmp_path)
+  writer.write_scalars(5, {"loss": 1.0})
+  writer.write_scalars(10, {"loss": 0.5})
+  writer.write_scalars(10, {"monitor_fd": 3.0})  # a second source, same step
+  writer.close()
+  assert read_jsonl(tmp_path / "metrics.jsonl") == [
+      {"step": 5, "loss": 1.0}, {"step": 10, "loss": 0.5, "monitor_fd": 3.0}]
+
+  resumed = MetricWriter(tmp_path, resume_step=5)  # steps after 5 are redone
+  resumed.write_scalars(10, {"loss": 0.25})
+  resumed.close()
+  assert read_jsonl(tmp_path / "metrics.jsonl") == [
+      {"step": 5, "loss": 1.0}, {"step": 10, "loss": 0.25}]
