@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
+import jax
 import optax
 from ml_collections import ConfigDict
 
@@ -33,3 +36,17 @@ def make_optimizer(cfg: ConfigDict, num_steps: int) -> optax.GradientTransformat
   else:
     parts.append(optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
   return optax.chain(*parts)
+
+
+def gradient_step(state: Any, optimizer: optax.GradientTransformation,
+                  loss_fn: Callable[[Any], tuple[jax.Array, dict[str, jax.Array]]]
+                  ) -> tuple[Any, dict[str, jax.Array]]:
+  """One update of `state.params` (a state with step, params, opt_state) on
+  loss_fn(params) -> (loss, metrics); returns the state one step on and
+  {"loss", **metrics, "grad_norm"}."""
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads)}
+  return state.replace(step=state.step + 1, params=params,
+                       opt_state=opt_state), metrics

@@ -40,6 +40,7 @@ FAMILIES = {
     "vae": "jaxgen.models.vae",
     "classifier": "jaxgen.models.classifier",
     "gan": "jaxgen.models.gan",
+    "flow": "jaxgen.models.flow",
 }
 
 

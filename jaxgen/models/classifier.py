@@ -105,14 +105,9 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     def loss_fn(params):
       logits, _ = net.apply(params, x, train=True, rngs={"dropout": dropout_key})
       loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
-      return loss, jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+      return loss, {"train_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
 
-    (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    return (state.replace(step=state.step + 1, params=params, opt_state=opt_state),
-            {"loss": loss, "train_accuracy": accuracy,
-             "grad_norm": optax.global_norm(grads)})
+    return optim.gradient_step(state, optimizer, loss_fn)
 
   def evaluate(state: ClassifierState, batch: Batch, key: jax.Array) -> Metrics:
     del key

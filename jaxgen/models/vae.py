@@ -35,7 +35,6 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import optax
 from ml_collections import ConfigDict
 
 from jaxgen import configlib, likelihoods, optim
@@ -218,12 +217,7 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
       loss = jnp.mean(recon + kl_weight * kl)
       return loss, with_bpd({k: jnp.mean(v) for k, v in named(recon, kl).items()})
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads)}
-    return state.replace(step=state.step + 1, params=params,
-                         opt_state=opt_state), metrics
+    return optim.gradient_step(state, optimizer, loss_fn)
 
   def per_example_keys(key, index_B):
     # One key per test image, from its index: results do not depend on the

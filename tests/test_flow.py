@@ -1,0 +1,182 @@
+"""Normalizing flows: every layer and whole smoke models are bijections whose
+log-determinant is the Jacobian's; actnorm's data-dependent init; the
+preprocessing's log-determinant; each config's step; bad configs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import check_step_is_deterministic_and_learns
+from configs import glow_cifar10, glow_mnist, realnvp_cifar10, realnvp_mnist
+from jaxgen import configlib, sharding, train
+from jaxgen.models import flow as flow_model
+from jaxgen.nets import flow
+
+CONFIGS = {"glow_mnist": glow_mnist, "realnvp_mnist": realnvp_mnist,
+           "glow_cifar10": glow_cifar10, "realnvp_cifar10": realnvp_cifar10}
+
+
+def perturbed(params, key, scale=0.1):
+  """Parameters moved off their (often identity-like) init, so a test of the
+  log-determinant is not a test of zeros. The LU conv's fixed permutation and
+  signs stay as they are: they are not trained."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  keys = jax.random.split(key, len(leaves))
+  moved = [leaf if str(path[-1].key) in ("p", "sign_s")
+           else leaf + scale * jax.random.normal(k, leaf.shape)
+           for (path, leaf), k in zip(leaves, keys)]
+  return jax.tree_util.tree_unflatten(treedef, moved)
+
+
+def jacobian_log_abs_det(fn, x):
+  """log |det d fn(x) / dx| for one example x, by jax.jacfwd."""
+  jacobian = jax.jacfwd(lambda v: fn(v.reshape(1, *x.shape)).ravel())(x.ravel())
+  return float(jnp.linalg.slogdet(jacobian)[1])
+
+
+LAYERS = {
+    "actnorm": flow.ActNorm(),
+    "1x1_lu": flow.Invertible1x1Conv(lu=True),
+    "1x1_full": flow.Invertible1x1Conv(lu=False),
+    "coupling_channel": flow.AffineCoupling(8, "channel", parity=0),
+    "coupling_channel_swapped": flow.AffineCoupling(8, "channel", parity=1),
+    "coupling_checkerboard": flow.AffineCoupling(8, "checkerboard", parity=0),
+    "coupling_checkerboard_odd": flow.AffineCoupling(8, "checkerboard", parity=1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_layer_inverts_and_its_logdet_is_the_jacobians(name):
+  layer = LAYERS[name]
+  x_BHWC = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 4, 4))
+  params = perturbed(layer.init(jax.random.PRNGKey(1), x_BHWC), jax.random.PRNGKey(2))
+  y, logdet_B = layer.apply(params, x_BHWC)
+  np.testing.assert_allclose(layer.apply(params, y, reverse=True), x_BHWC, atol=1e-5)
+  assert not np.allclose(y, x_BHWC, atol=1e-3)  # a real transformation
+  for i in range(2):
+    expected = jacobian_log_abs_det(lambda v: layer.apply(params, v)[0], x_BHWC[i])
+    np.testing.assert_allclose(float(logdet_B[i]), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_split_prior_inverts_and_its_logdet_is_the_jacobians():
+  prior = flow.SplitPrior()
+  x_BHWC = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 4))
+  params = perturbed(prior.init(jax.random.PRNGKey(1), x_BHWC), jax.random.PRNGKey(2))
+  kept, eps, logdet_B = prior.apply(params, x_BHWC)
+  back = prior.apply(params, kept, reverse=True, eps_BHWC=eps)
+  np.testing.assert_allclose(back, x_BHWC, atol=1e-5)
+  as_one_map = lambda v: jnp.concatenate(prior.apply(params, v)[:2], -1)
+  expected = jacobian_log_abs_det(as_one_map, x_BHWC[0])
+  np.testing.assert_allclose(float(logdet_B[0]), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_actnorm_data_dependent_init_standardises_each_channel():
+  x_BHWC = 3.0 + 2.5 * jax.random.normal(jax.random.PRNGKey(0), (16, 6, 6, 5))
+  x_BHWC = x_BHWC * jnp.arange(1, 6)  # a different scale per channel
+  layer = flow.ActNorm()
+  y, _ = layer.apply(layer.init(jax.random.PRNGKey(1), x_BHWC), x_BHWC)
+  np.testing.assert_allclose(jnp.mean(y, (0, 1, 2)), 0.0, atol=1e-5)
+  np.testing.assert_allclose(jnp.std(y, (0, 1, 2)), 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("alpha", [None, 0.05])
+def test_preprocessing_inverts_and_its_logdet_is_the_jacobians(alpha):
+  u_BHWC = jax.random.uniform(jax.random.PRNGKey(0), (2, 3, 3, 2))
+  y, logdet_B = flow_model.preprocess_pixels(u_BHWC, alpha)
+  np.testing.assert_allclose(flow_model.postprocess_pixels(y, alpha), u_BHWC,
+                             atol=1e-5)
+  expected = jacobian_log_abs_det(
+      lambda v: flow_model.preprocess_pixels(v, alpha)[0], u_BHWC[0])
+  np.testing.assert_allclose(float(logdet_B[0]), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["glow", "realnvp"])
+def test_whole_smoke_flow_inverts_and_its_logdet_is_the_jacobians(architecture):
+  model = flow.MultiScaleFlow(image_shape=(8, 8, 2), architecture=architecture,
+                              num_levels=2, steps_per_level=2, width=8)
+  y_BHWC = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 2))
+  params = perturbed(model.init(jax.random.PRNGKey(1), y_BHWC, method=model.forward),
+                     jax.random.PRNGKey(2), scale=0.05)
+  eps_BD, logdet_B = model.apply(params, y_BHWC, method=model.forward)
+  assert eps_BD.shape == (4, 8 * 8 * 2)
+  back = model.apply(params, eps_BD, method=model.inverse)
+  np.testing.assert_allclose(back, y_BHWC, atol=1e-5)
+  expected = jacobian_log_abs_det(
+      lambda v: model.apply(params, v, method=model.forward)[0], y_BHWC[0])
+  np.testing.assert_allclose(float(logdet_B[0]), expected, rtol=1e-4, atol=1e-3)
+
+
+@pytest.fixture
+def datasets(request):
+  return lambda name: request.getfixturevalue(
+      "cifar10" if name.endswith("cifar10") else "mnist")
+
+
+def setup_and_batch(config, dataset, tmp_path, n=32, split="train"):
+  config.train.progress_bar = False
+  s = train.setup(config, tmp_path, sharding.make_mesh(1), dataset)
+  images = dataset.split(split)
+  batch = {"image": images.images[:n], "label": images.labels[:n]}
+  if split == "test":
+    batch.update(index=np.arange(n, dtype=np.int32), mask=np.ones(n, bool))
+  return s, sharding.put_batch(batch, s.mesh)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_smoke_step_is_deterministic_and_learns(name, datasets, tmp_path):
+  dataset = datasets(name)
+  config = CONFIGS[name].get_config("smoke")
+  config.optimizer.learning_rate = 3e-3
+  s, batch = setup_and_batch(config, dataset, tmp_path)
+  metrics = check_step_is_deterministic_and_learns(s, batch, num_steps=10)
+  num_dims = int(np.prod(dataset.spec.image_shape))
+  np.testing.assert_allclose(metrics["nll_bpd"],
+                             metrics["nll_nats"] / (num_dims * np.log(2)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["glow_mnist", "realnvp_mnist"])
+def test_evaluate_views_and_samples(name, datasets, tmp_path):
+  dataset = datasets(name)
+  s, batch = setup_and_batch(CONFIGS[name].get_config("smoke"), dataset, tmp_path,
+                             n=16, split="test")
+  state = train.init_state(s, batch)
+  key = jax.random.PRNGKey(0)
+  metrics = jax.jit(s.family.evaluate)(state, batch, key)
+  assert np.all(np.asarray(metrics["inverse_max_abs_error"]) < 1e-4)
+  # A bound on the NLL of discrete images: positive (P(x) <= 1), and at most a
+  # few bits/dim above 8 (uniform) for an untrained, data-initialised flow.
+  bpd = np.asarray(metrics["nll_bpd"])
+  assert np.all((bpd > 0.0) & (bpd < 12.0)), bpd
+  # The numbers of an image depend on its index, not on its batch-mates.
+  half = {k: v[:8] for k, v in batch.items()}
+  np.testing.assert_allclose(jax.jit(s.family.evaluate)(state, half, key)["nll_nats"],
+                             metrics["nll_nats"][:8], rtol=1e-6)
+  views = jax.jit(s.family.views)(state, batch, key)
+  h, w, c = dataset.spec.image_shape
+  assert views["temperatures"].shape == (4, 8, h, w, c)
+  # T = 0 decodes eps = 0: every column of that row is the same image.
+  np.testing.assert_allclose(views["temperatures"][0], views["temperatures"][0][:1]
+                             .repeat(8, 0), atol=1e-6)
+  assert views["interpolations"].shape == (8, 8, h, w, c)
+  samples = jax.jit(s.family.sample, static_argnums=2)(state, key, 6)
+  assert samples.shape == (6, h, w, c)
+  assert float(samples.min()) >= 0.0 and float(samples.max()) <= 1.0
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"data.binarize": "dynamic"}, "data.binarize"),
+    ({"model.num_levels": 3}, "model.num_levels"),       # 28 / 8 is no integer
+    ({"model.architecture": "maf"}, "model.architecture"),
+    ({"model.preprocess": "logit", "model.logit_alpha": 0.0}, "model.logit_alpha"),
+])
+def test_bad_flow_configs_name_the_key(overrides, key, mnist, tmp_path):
+  config = glow_mnist.get_config("smoke")
+  for path, value in overrides.items():
+    *parents, leaf = path.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  with pytest.raises(configlib.ConfigError, match=key.replace(".", r"\.")):
+    train.setup(config, tmp_path, sharding.make_mesh(1), mnist)
