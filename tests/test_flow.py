@@ -144,6 +144,7 @@ def test_evaluate_views_and_samples(name, datasets, tmp_path):
   key = jax.random.PRNGKey(0)
   metrics = jax.jit(s.family.evaluate)(state, batch, key)
   assert np.all(np.asarray(metrics["inverse_max_abs_error"]) < 1e-4)
+  assert not np.any(np.asarray(metrics["inverse_failed"]))
   # A bound on the NLL of discrete images: positive (P(x) <= 1), and at most a
   # few bits/dim above 8 (uniform) for an untrained, data-initialised flow.
   bpd = np.asarray(metrics["nll_bpd"])

@@ -208,9 +208,14 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     nats = nll_nats(state.params, u_BHWC)
     # x -> eps -> x: how exactly the inverse undoes the forward pass, in [0, 1]
     # pixel units (a flow that is not invertible in float32 shows here).
+    # A non-finite reconstruction (the inverse overflowing in float32) counts
+    # as the largest possible error, 1; XLA's max would otherwise skip NaNs.
     recon = decode_eps(state.params, encode_eps(state.params, u_BHWC))
+    error = jnp.where(jnp.isfinite(recon), jnp.abs(recon - u_BHWC), 1.0)
+    error_B = jnp.max(error, axis=(1, 2, 3))
     return {"nll_nats": nats, "nll_bpd": nats_to_bits_per_dim(nats, num_dims),
-            "inverse_max_abs_error": jnp.max(jnp.abs(recon - u_BHWC), axis=(1, 2, 3))}
+            "inverse_max_abs_error": error_B,
+            "inverse_failed": (error_B > 1e-3).astype(jnp.float32)}
 
   def sample(state: FlowState, key: jax.Array, num: int, labels=None) -> jax.Array:
     del labels  # unconditional
