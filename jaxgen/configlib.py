@@ -23,14 +23,18 @@ class ConfigError(ValueError):
   """A config value that cannot work; the message names the key."""
 
 
-def parse_arg(arg: str | None, config_name: str) -> set[str]:
-  """Splits a config arg like "smoke" into a set of options, rejecting unknowns."""
+def parse_arg(arg: str | None, config_name: str, extra: Iterable[str] = ()
+              ) -> set[str]:
+  """Splits a config arg like "smoke" into a set of options, rejecting unknowns
+  (a config may accept `extra` options besides "smoke")."""
+  allowed = {SMOKE, *extra}
   options = set(filter(None, (arg or "").split(",")))
-  unknown = options - {SMOKE}
+  unknown = options - allowed
   if unknown:
+    uses = " or ".join(f"'{config_name}:{o}'" for o in sorted(allowed))
     raise ConfigError(
         f"unknown argument {','.join(sorted(unknown))!r} for {config_name}: "
-        f"use '{config_name}' or '{config_name}:{SMOKE}'.")
+        f"use '{config_name}' or {uses}.")
   return options
 
 
@@ -98,6 +102,10 @@ def base_config() -> ConfigDict:
   # Real images behind the Inception reference statistics: 0 = the whole
   # train split (the standard; hours on a CPU, minutes on a GPU).
   c.eval.inception_reference_size = 0
+  # Sampling speed in eval.json: images/s of sample() (and of each of the
+  # family's other samplers) on a batch of this many, after a warm-up call.
+  # 0 skips it.
+  c.eval.timing_samples = 64
 
   # Mode-collapse monitor, at every snapshot of a sampling family: this many
   # samples from a fixed seed, scored by jaxgen's classifier for the dataset
@@ -122,6 +130,7 @@ def shrink_for_smoke(c: ConfigDict) -> None:
   c.eval.batch_size = 1_000
   c.eval.num_samples = 1_000
   c.train.monitor_samples = 200
+  c.eval.timing_samples = 0        # a compile per sampler: not in smoke runs
   c.viz.num_samples = 16
 
 
@@ -164,6 +173,7 @@ def validate_base(config: ConfigDict) -> None:
                    "train.snapshot_every", "train.keep_checkpoints",
                    "eval.batch_size", "viz.num_samples")
   require_positive(config, "eval.num_samples", "eval.iwae_samples",
+                   "eval.timing_samples",
                    "train.monitor_samples", allow_zero=True)
   require_positive(config, "train.num_steps", "optimizer.warmup_steps",
                    "optimizer.weight_decay", "optimizer.grad_clip_norm",

@@ -190,3 +190,23 @@ def logistic_mixture_sample(key: jax.Array, out_BHWP: jax.Array, channels: int,
                       lambda c, value: jnp.clip(value, -1.0, 1.0))
   x = jnp.stack(values, -1)
   return jnp.round((x + 1.0) * 127.5) / 255.0
+
+
+def discretized_gaussian_log_probs(x_pm1: jax.Array, mean: jax.Array,
+                                   log_scale: jax.Array) -> jax.Array:
+  """log P(x) per value for 8-bit data on the [-1, 1] scale (x = 2 k/255 - 1)
+  under a Gaussian discretized to the 256 bins: the mass of [x - 1/255,
+  x + 1/255], the end bins reaching out to -inf and +inf so the 256
+  probabilities sum to 1 (DDPM's decoder at t = 0)."""
+  logcdf = jax.scipy.stats.norm.logcdf
+  inv_std = jnp.exp(-log_scale)
+  a = inv_std * (x_pm1 - mean - _HALF_BIN)   # bin edges, standardised
+  b = inv_std * (x_pm1 - mean + _HALF_BIN)
+  # log(cdf(b) - cdf(a)) without cancellation: where both cdfs are near 1,
+  # take the difference of the upper tails, 1 - cdf(z) = cdf(-z), instead.
+  lower_side = b <= 0
+  hi = jnp.where(lower_side, logcdf(b), logcdf(-a))
+  lo = jnp.where(lower_side, logcdf(a), logcdf(-b))
+  log_mass = hi + jnp.log(-jnp.expm1(jnp.minimum(lo - hi, -1e-12)))
+  return jnp.where(x_pm1 < -0.999, logcdf(b),
+                   jnp.where(x_pm1 > 0.999, logcdf(-a), log_mass))

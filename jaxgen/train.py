@@ -144,6 +144,7 @@ class _Snapshots:
       self._sample = jax.jit(lambda state: s.family.sample(state, viz_key, n),
                              out_shardings=replicated)
     self._views = None
+    self._animated = s.family.animated_views
     if s.family.views is not None:
       test = s.dataset.test
       count = min(n // 2, len(test))  # views pair each input with an output
@@ -154,7 +155,7 @@ class _Snapshots:
           out_shardings=replicated)
 
   def __call__(self, state: Any, step: int) -> None:
-    grids = {}
+    grids, animations = {}, {}
     if self._sample is not None:
       grids["samples"] = viz.grid(np.asarray(self._sample(state)))
     if self._views is not None:
@@ -162,6 +163,10 @@ class _Snapshots:
         images = np.asarray(images)
         cols = images.shape[1] if images.ndim == 5 else 8
         grids[name] = viz.grid(images.reshape(-1, *images.shape[-3:]), num_cols=cols)
+        if name in self._animated:
+          # Frame j: column j of every row, as one column of images.
+          animations[name] = [viz.grid(images[:, j], num_cols=1)
+                              for j in range(images.shape[1])]
     if not self._primary:
       return
     self._dir.mkdir(parents=True, exist_ok=True)
@@ -169,6 +174,9 @@ class _Snapshots:
       prefix = "" if name == "samples" else f"{name}_"
       viz.save_png(image, self._dir / f"{prefix}step_{step:06d}.png", scale=2)
       self._writer.write_image(step, name, image)
+    for name, frames in animations.items():
+      viz.write_gif_arrays(frames, self._dir / f"{name}_step_{step:06d}.gif",
+                           scale=2)
 
   def frames(self) -> list[Path]:
     return sorted(self._dir.glob("step_*.png"))
@@ -202,17 +210,14 @@ class _CollapseMonitor:
   def __call__(self, state: Any) -> dict[str, float]:
     if not self._enabled:
       return {}
-    from jaxgen.evaluate import features, metrics  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from jaxgen.evaluate import classifier_scores, features
     predicted, fake = features.extract(self._extractor, np.asarray(self._sample(state)))
-    coverage = metrics.class_coverage(predicted, self._num_classes)
-    real = self._reference["subset"][:len(fake)]
-    _, recall = metrics.precision_recall(real, fake)
-    mean, cov = metrics.feature_statistics(fake)
-    fd = metrics.frechet_distance(mean, cov, self._reference["mean"],
-                                  self._reference["cov"])
+    scores = classifier_scores(self._reference, predicted, fake, self._num_classes)
+    coverage = scores["coverage"]
     return {"monitor_classes_covered": float(coverage["classes_covered"]),
             "monitor_kl_to_uniform": coverage["kl_to_uniform"],
-            "monitor_recall": recall, "monitor_fd": fd}
+            "monitor_recall": scores["recall"], "monitor_fd": scores["fd"]}
 
 
 def _write_config(s: Setup, resume_step: int) -> None:

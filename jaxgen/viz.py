@@ -67,6 +67,22 @@ def write_gif(frame_paths: Sequence[str | Path], path: str | Path,
                  duration=durations, loop=0)
 
 
+def write_gif_arrays(frames_HWC: Sequence[np.ndarray], path: str | Path,
+                     scale: int = 1, frame_ms: int = 250) -> None:
+  """An animated GIF of image arrays (uint8 or [0, 1] floats), the last frame
+  held longer."""
+  images = []
+  for frame in frames_HWC:
+    image = Image.fromarray(_squeeze_gray(to_uint8(np.asarray(frame))))
+    images.append(image.resize((image.width * scale, image.height * scale),
+                               Image.NEAREST))
+  if not images:
+    return
+  durations = [frame_ms] * (len(images) - 1) + [frame_ms * 8]
+  images[0].save(path, save_all=True, append_images=images[1:],
+                 duration=durations, loop=0)
+
+
 def plot_curves(records: Sequence[dict], path: str | Path,
                 keys: Sequence[str] | None = None, title: str = "",
                 groups: Sequence[Sequence[str]] = ()) -> None:

@@ -76,6 +76,16 @@ def smoke_classifier(mnist, tmp_path_factory):
   return result
 
 
+def set_overrides(config, overrides) -> None:
+  """Sets {"model.beta": 4, ...} on a ConfigDict, as --config.model.beta=4 would."""
+  for path, value in overrides.items():
+    *parents, leaf = path.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+
+
 def check_step_is_deterministic_and_learns(s, batch, num_steps: int = 12,
                                            ratio: float = 0.95):
   """The family's jitted step: the same (state, batch, key) twice gives

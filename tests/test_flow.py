@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import check_step_is_deterministic_and_learns
+from conftest import check_step_is_deterministic_and_learns, set_overrides
 from configs import glow_cifar10, glow_mnist, realnvp_cifar10, realnvp_mnist
 from jaxgen import configlib, sharding, train
 from jaxgen.models import flow as flow_model
@@ -173,11 +173,6 @@ def test_evaluate_views_and_samples(name, datasets, tmp_path):
 ])
 def test_bad_flow_configs_name_the_key(overrides, key, mnist, tmp_path):
   config = glow_mnist.get_config("smoke")
-  for path, value in overrides.items():
-    *parents, leaf = path.split(".")
-    node = config
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
+  set_overrides(config, overrides)
   with pytest.raises(configlib.ConfigError, match=key.replace(".", r"\.")):
     train.setup(config, tmp_path, sharding.make_mesh(1), mnist)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import set_overrides
 from configs import dcgan_cifar10, dcgan_mnist, sngan_cifar10
 from jaxgen import configlib, evaluate, sharding, train
 from jaxgen.models import gan
@@ -28,12 +29,7 @@ VARIANTS = {
 def smoke_config(name, overrides=None):
   config = CONFIGS[name].get_config("smoke")
   config.train.progress_bar = False
-  for path, value in (overrides or {}).items():
-    *parents, leaf = path.split(".")
-    node = config
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
+  set_overrides(config, overrides or {})
   return config
 
 

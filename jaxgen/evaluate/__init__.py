@@ -191,6 +191,27 @@ def _frechet_and_kid(reference: dict[str, np.ndarray], fake: np.ndarray,
   return fd, {"mean": kid, "stderr": kid_stderr}
 
 
+def classifier_scores(reference: dict[str, np.ndarray], predicted: np.ndarray,
+                      fake: np.ndarray, num_classes: int, kid_seed: int | None = None
+                      ) -> dict[str, Any]:
+  """Scores of samples in a classifier's features (eval.json's and the
+  training-time mode-collapse monitor's, so the two cannot drift apart):
+  Frechet distance to the reference statistics, precision/recall against the
+  first len(fake) images of the reference subset, class coverage of the
+  predicted labels, and KID when kid_seed is given."""
+  scores: dict[str, Any] = {}
+  if kid_seed is not None:
+    scores["fd"], scores["kid"] = _frechet_and_kid(reference, fake, kid_seed)
+  else:
+    fake_mean, fake_cov = metrics.feature_statistics(fake)
+    scores["fd"] = metrics.frechet_distance(fake_mean, fake_cov, reference["mean"],
+                                            reference["cov"])
+  scores["precision"], scores["recall"] = metrics.precision_recall(
+      reference["subset"][:len(fake)], fake)
+  scores["coverage"] = metrics.class_coverage(predicted, num_classes)
+  return scores
+
+
 def _classifier_metrics(s: Setup, extractor: features.Extractor,
                         samples: np.ndarray, asked: np.ndarray | None
                         ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -199,16 +220,11 @@ def _classifier_metrics(s: Setup, extractor: features.Extractor,
   reference = features.reference_statistics(extractor, s.dataset.train, "train",
                                             s.dataset.spec.name)
   suffix = f"{extractor.name}_{_count_name(num)}"
-  fd, kid = _frechet_and_kid(reference, fake, s.config.eval.seed)
-  precision, recall = metrics.precision_recall(reference["subset"][:num], fake)
-  coverage = metrics.class_coverage(predicted, s.dataset.spec.num_classes)
-  results = {
-      f"fd_{suffix}": fd,
-      f"kid_{suffix}": kid,
-      f"precision_{suffix}": precision,
-      f"recall_{suffix}": recall,
-      "coverage": coverage,
-  }
+  scores = classifier_scores(reference, predicted, fake,
+                             s.dataset.spec.num_classes, kid_seed=s.config.eval.seed)
+  results = {f"{name}_{suffix}": scores[name]
+             for name in ("fd", "kid", "precision", "recall")}
+  results["coverage"] = scores["coverage"]
   if asked is not None:
     # The share of samples the classifier assigns to the class they were
     # generated for (labels 0..C-1 in turn).
@@ -342,12 +358,37 @@ def run(s: Setup, state: Any | None = None) -> dict[str, Any]:
     result["sample_metrics"], result["sample_protocol"] = sample_quality(s, state)
     result["sample_metrics_seconds"] = round(time.perf_counter() - sample_start, 2)
     result["wall_seconds"] = round(time.perf_counter() - start, 2)
+  if s.family.sample is not None and s.config.eval.timing_samples:
+    result["sampling_speed"] = sampling_speed(s, state)
+    result["wall_seconds"] = round(time.perf_counter() - start, 2)
   if jax.process_index() == 0:
     s.workdir.mkdir(parents=True, exist_ok=True)
     (s.workdir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
   logging.info("eval at step %d: %s", result["step"],
                ", ".join(f"{k}={v['mean']:.3f}" for k, v in metrics.items()))
   return result
+
+
+def sampling_speed(s: Setup, state: Any) -> dict[str, Any]:
+  """Seconds per image and images/s of `sample` and of each of the family's
+  other samplers, on one jitted batch of eval.timing_samples images, timed on
+  a second call (the first compiles)."""
+  num = s.config.eval.timing_samples
+  key = jax.random.PRNGKey(s.config.eval.seed + 3)
+  labels = (np.arange(num) % s.dataset.spec.num_classes
+            if s.family.conditional else None)
+  found = {}
+  for name, sampler in {"sample": s.family.sample, **s.family.samplers}.items():
+    draw = jax.jit(lambda state, k, sampler=sampler: sampler(state, k, num, labels),
+                   out_shardings=sharding.replicated(s.mesh))
+    jax.block_until_ready(draw(state, key))
+    begin = time.perf_counter()
+    jax.block_until_ready(draw(state, jax.random.fold_in(key, 1)))
+    seconds = time.perf_counter() - begin
+    found[name] = {"seconds_per_image": seconds / num,
+                   "images_per_second": num / seconds, "batch": num}
+  found["device"] = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+  return found
 
 
 def write_samples(s: Setup, num: int, state: Any | None = None) -> Path:

@@ -41,6 +41,7 @@ FAMILIES = {
     "classifier": "jaxgen.models.classifier",
     "gan": "jaxgen.models.gan",
     "flow": "jaxgen.models.flow",
+    "diffusion": "jaxgen.models.diffusion",
 }
 
 
@@ -67,6 +68,13 @@ class Family:
   encode: Callable[[State, Batch], jax.Array] | None = None
   # Metrics that share a panel of curves.png, e.g. (("d_real", "d_fake"),).
   curve_groups: tuple[tuple[str, ...], ...] = ()
+  # Other ways to sample, by name (diffusion: "ddpm_1000", "ddim_50", ...),
+  # same signature as `sample`; eval.json times each of them and `sample`.
+  samplers: dict[str, Callable[..., jax.Array]] = dataclasses.field(
+      default_factory=dict)
+  # Views whose columns are frames of an animation (e.g. a denoising
+  # trajectory): snapshots also write them as a GIF.
+  animated_views: tuple[str, ...] = ()
 
 
 def make_family(config: ConfigDict, spec: DatasetSpec) -> Family:

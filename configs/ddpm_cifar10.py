@@ -1,0 +1,35 @@
+"""DDPM on CIFAR-10: a 6.5M-parameter U-Net for one GPU (or a patient CPU), or
+the paper's 35.7M-parameter network.
+
+    python run.py --config=configs/ddpm_cifar10.py          # see README for time
+    python run.py --config=configs/ddpm_cifar10.py:paper    # Ho et al. 2020
+    python run.py --config=configs/ddpm_cifar10.py:smoke    # seconds
+
+The paper network: widths 128 x (1, 2, 2, 2), two residual blocks per level,
+self-attention at 16x16, dropout 0.1, T = 1000 linear, batch 128, Adam 2e-4
+with 5,000 warm-up steps, gradient clipping at 1, EMA 0.9999, 800k steps.
+Samples and the eval metrics use DDIM with 50 steps.
+"""
+
+from jaxgen import configlib
+from jaxgen.models import diffusion
+
+PAPER = "paper"
+
+
+def get_config(arg: str | None = None) -> configlib.ConfigDict:
+  options = configlib.parse_arg(arg, "configs/ddpm_cifar10.py", extra=(PAPER,))
+  config = diffusion.diffusion_config("cifar10", options)
+  m = config.model
+  if PAPER in options:
+    m.base_width = 128
+    m.width_multipliers = (1, 2, 2, 2)
+    config.optimizer.warmup_steps = 5_000
+    config.train.num_steps = 800_000
+    config.train.snapshot_every = 20_000
+  elif configlib.SMOKE not in options:
+    m.base_width = 64
+    m.width_multipliers = (1, 2, 2)
+    m.ema_decay = 0.9995
+    config.train.num_steps = 100_000
+  return config
