@@ -20,7 +20,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
-from jaxgen import data, train  # pylint: disable=g-import-not-at-top
+from jaxgen import data, sharding, train  # pylint: disable=g-import-not-at-top
 
 DATA_DIR = Path(os.environ["JAXGEN_DATA_DIR"])
 
@@ -74,6 +74,18 @@ def smoke_classifier(mnist, tmp_path_factory):
   result = evaluate.run(run.setup, run.state)
   run.setup.family.export(run.state, result)
   return result
+
+
+def setup_and_batch(config, dataset, tmp_path, n=32, split="train"):
+  """A one-device Setup for `config` and its first n images of a split as a
+  batch (test batches carry 'index' and 'mask', as evaluation's do)."""
+  config.train.progress_bar = False
+  s = train.setup(config, tmp_path, sharding.make_mesh(1), dataset)
+  images = dataset.split(split)
+  batch = {"image": images.images[:n], "label": images.labels[:n]}
+  if split == "test":
+    batch.update(index=np.arange(n, dtype=np.int32), mask=np.ones(n, bool))
+  return s, sharding.put_batch(batch, s.mesh)
 
 
 def set_overrides(config, overrides) -> None:

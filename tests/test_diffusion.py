@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import check_step_is_deterministic_and_learns, set_overrides
+from conftest import (check_step_is_deterministic_and_learns, set_overrides,
+                      setup_and_batch)
 from configs import ddpm_cifar10, ddpm_mnist
 from jaxgen import configlib, evaluate, likelihoods, sharding, train
 from jaxgen.models import count_params
@@ -121,13 +122,6 @@ def test_discretized_gaussian_sums_to_one_over_the_256_values():
     np.testing.assert_allclose(float(jnp.sum(jnp.exp(log_p))), 1.0, rtol=1e-4)
 
 
-def smoke_setup(config, dataset, tmp_path, n=16):
-  s = train.setup(config, tmp_path, sharding.make_mesh(1), dataset)
-  batch = {"image": dataset.test.images[:n], "label": dataset.test.labels[:n],
-           "index": np.arange(n, dtype=np.int32), "mask": np.ones(n, bool)}
-  return s, sharding.put_batch(batch, s.mesh)
-
-
 # (The unconditional MNIST step is trained in test_train_eval_views...)
 @pytest.mark.parametrize("name, conditional", [
     ("ddpm_mnist", True), ("ddpm_cifar10", False)])
@@ -138,7 +132,7 @@ def test_smoke_step_is_deterministic_and_learns(name, conditional, mnist, cifar1
   config.model.conditional = conditional
   config.optimizer.learning_rate = 3e-3
   dataset = mnist if name == "ddpm_mnist" else cifar10
-  s, batch = smoke_setup(config, dataset, tmp_path)
+  s, batch = setup_and_batch(config, dataset, tmp_path, n=16, split="test")
   check_step_is_deterministic_and_learns(s, batch, num_steps=12, ratio=0.9)
 
 
@@ -147,14 +141,15 @@ def test_ddpm_sampler_equals_ddim_with_eta_1_over_all_steps(mnist, tmp_path):
   config.model.variance = "small"
   config.model.ddim_eta = 1.0
   config.model.sample_steps = config.model.num_timesteps
-  s, batch = smoke_setup(config, mnist, tmp_path)
+  s, batch = setup_and_batch(config, mnist, tmp_path, n=16, split="test")
   state = train.init_state(s, batch)
   # Weights off their init (whose zero output conv predicts eps = 0).
   state = state.replace(ema_params=jax.tree.map(lambda p: p + 0.02, state.ema_params))
   num_t = config.model.num_timesteps
   key = jax.random.PRNGKey(3)
   draw = lambda f: jax.jit(f, static_argnums=2)(state, key, 4)
-  ddpm, ddim = draw(s.family.samplers[f"ddpm_{num_t}"]), draw(s.family.samplers[f"ddim_{num_t}"])
+  # sample() is DDIM with eta 1 over all T steps here.
+  ddpm, ddim = draw(s.family.samplers[f"ddpm_{num_t}"]), draw(s.family.sample)
   np.testing.assert_allclose(ddim, ddpm, atol=1e-4)
   assert float(jnp.std(ddpm)) > 0.05   # not a blank image
 
@@ -178,7 +173,7 @@ def test_bound_estimate_is_unbiased_for_the_exact_sum(mnist, tmp_path):
   config = ddpm_mnist.get_config("smoke")
   config.model.num_timesteps = 8
   config.model.sample_steps = 4
-  s, batch = smoke_setup(config, mnist, tmp_path, n=64)
+  s, batch = setup_and_batch(config, mnist, tmp_path, n=64, split="test")
   state = train.init_state(s, batch)
   step = jax.jit(s.family.train_step)
   for i in range(5):
@@ -221,7 +216,7 @@ def test_train_eval_views_and_sampling_speed(mnist, tmp_path):
   assert (tmp_path / "samples" / f"trajectory_step_{step:06d}.gif").exists()
   assert (tmp_path / "samples" / f"steps_step_{step:06d}.png").exists()
   # Per-image numbers do not depend on batch-mates.
-  s, batch = smoke_setup(config, mnist, tmp_path / "x", n=16)
+  s, batch = setup_and_batch(config, mnist, tmp_path / "x", n=16, split="test")
   ev = jax.jit(s.family.evaluate)
   full = ev(run.state, batch, jax.random.PRNGKey(0))["nll_nats"]
   half = ev(run.state, {k: v[:8] for k, v in batch.items()},

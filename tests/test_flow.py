@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import check_step_is_deterministic_and_learns, set_overrides
+from conftest import (check_step_is_deterministic_and_learns, set_overrides,
+                      setup_and_batch)
 from configs import glow_cifar10, glow_mnist, realnvp_cifar10, realnvp_mnist
 from jaxgen import configlib, sharding, train
 from jaxgen.models import flow as flow_model
@@ -111,16 +112,6 @@ def test_whole_smoke_flow_inverts_and_its_logdet_is_the_jacobians(architecture):
 def datasets(request):
   return lambda name: request.getfixturevalue(
       "cifar10" if name.endswith("cifar10") else "mnist")
-
-
-def setup_and_batch(config, dataset, tmp_path, n=32, split="train"):
-  config.train.progress_bar = False
-  s = train.setup(config, tmp_path, sharding.make_mesh(1), dataset)
-  images = dataset.split(split)
-  batch = {"image": images.images[:n], "label": images.labels[:n]}
-  if split == "test":
-    batch.update(index=np.arange(n, dtype=np.int32), mask=np.ones(n, bool))
-  return s, sharding.put_batch(batch, s.mesh)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
