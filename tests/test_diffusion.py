@@ -123,12 +123,13 @@ def test_discretized_gaussian_sums_to_one_over_the_256_values():
 
 
 # (The unconditional MNIST step is trained in test_train_eval_views...)
-@pytest.mark.parametrize("name, conditional", [
-    ("ddpm_mnist", True), ("ddpm_cifar10", False)])
-def test_smoke_step_is_deterministic_and_learns(name, conditional, mnist, cifar10,
-                                                tmp_path):
+@pytest.mark.parametrize("name, arg, conditional", [
+    ("ddpm_mnist", "smoke", True), ("ddpm_cifar10", "smoke", False),
+    ("ddpm_cifar10", "cpu,smoke", True)])
+def test_smoke_step_is_deterministic_and_learns(name, arg, conditional, mnist,
+                                                cifar10, tmp_path):
   module = {"ddpm_mnist": ddpm_mnist, "ddpm_cifar10": ddpm_cifar10}[name]
-  config = module.get_config("smoke")
+  config = module.get_config(arg)
   config.model.conditional = conditional
   config.optimizer.learning_rate = 3e-3
   dataset = mnist if name == "ddpm_mnist" else cifar10
@@ -197,6 +198,29 @@ def test_bound_estimate_is_unbiased_for_the_exact_sum(mnist, tmp_path):
   assert 4 * stderr < 0.3 * draws[0].mean()
 
 
+def test_conditional_bound_also_bounds_p_x_with_the_no_label_class(mnist, tmp_path):
+  config = ddpm_mnist.get_config("smoke")
+  config.model.conditional = True
+  s, batch = setup_and_batch(config, mnist, tmp_path, n=8, split="test")
+  state = train.init_state(s, batch)
+  state = state.replace(ema_params=jax.tree.map(lambda p: p + 0.02, state.ema_params))
+  ev = jax.jit(s.family.evaluate)
+  key = jax.random.PRNGKey(0)
+  metrics = ev(state, batch, key)
+  # The no-label class is index num_classes (10); feeding it as the label
+  # must give the unconditional bound with the same timesteps and noise.
+  as_null = ev(state, {**batch, "label": np.full(8, 10, np.int32)}, key)
+  np.testing.assert_allclose(metrics["uncond_nll_nats"], as_null["nll_nats"], rtol=1e-5)
+  assert np.max(np.abs(metrics["uncond_nll_nats"] - metrics["nll_nats"])) > 1e-3
+  np.testing.assert_allclose(
+      metrics["uncond_nll_bpd"],
+      metrics["uncond_nll_nats"] / (np.log(2) * 28 * 28), rtol=1e-5)
+  # Without label dropout the no-label class is never trained: no such bound.
+  config.model.label_dropout = 0.0
+  family = train.setup(config, tmp_path / "x", sharding.make_mesh(1), mnist).family
+  assert "uncond_nll_nats" not in jax.jit(family.evaluate)(state, batch, key)
+
+
 def test_train_eval_views_and_sampling_speed(mnist, tmp_path):
   config = ddpm_mnist.get_config("smoke")
   config.train.progress_bar = False
@@ -227,12 +251,14 @@ def test_train_eval_views_and_sampling_speed(mnist, tmp_path):
   assert views["steps"].shape == (2, 8, 28, 28, 1)   # 10 and T = 20 steps
 
 
-def test_paper_config_is_the_35_7m_parameter_network(cifar10, tmp_path):
-  config = ddpm_cifar10.get_config("paper")
+@pytest.mark.parametrize("arg, millions", [("paper", 35.7), ("cpu", 4.0)])
+def test_cifar10_config_sizes(arg, millions, cifar10, tmp_path):
+  # ":paper" is Ho et al.'s 35.7M network; ":cpu" the README's 2-core run.
+  config = ddpm_cifar10.get_config(arg)
   s = train.setup(config, tmp_path, sharding.make_mesh(1), cifar10)
   batch = {"image": np.zeros((1, 32, 32, 3), np.uint8), "label": np.zeros(1, np.int32)}
   shapes = jax.eval_shape(s.family.init, jax.random.PRNGKey(0), batch)
-  assert round(count_params(shapes.params) / 1e6, 1) == 35.7
+  assert round(count_params(shapes.params) / 1e6, 1) == millions
 
 
 @pytest.mark.parametrize("overrides, key", [

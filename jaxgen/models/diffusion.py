@@ -440,7 +440,7 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     decoder's -log p(x0 | x_1) at t = 0 (nats)."""
     x_t = q_sample(sched, x0, t_B, noise)
     out = net.apply(params, x_t, t_B, labels_B)
-    eps, x0_hat = eps_and_x0(objective, sched, out, x_t, t_B)
+    _, x0_hat = eps_and_x0(objective, sched, out, x_t, t_B)
     _, x0_hat = clip_x0(sched, x0_hat, x_t, t_B)
     model_mean, _ = q_posterior(sched, x0_hat, x_t, t_B)
     _, log_var = step_variance(sched, variance, t_B)
@@ -463,22 +463,32 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     # come from each image's index: independent of batch size and devices.
     params = state.ema_params
     x0 = batch["image"].astype(jnp.float32) / 127.5 - 1.0
-    labels_B = labels_or_none(batch["label"] if num_classes else None, x0.shape[0])
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(batch["index"])
     width = num_t // strata
-
-    def stratum(total, k):
-      t_B = k * width + jax.vmap(
-          lambda kk: jax.random.randint(jax.random.fold_in(kk, k), (), 0, width))(keys)
-      noise = jax.vmap(lambda kk: jax.random.normal(
-          jax.random.fold_in(jax.random.fold_in(kk, k), 1), image_shape))(keys)
-      return total + width * bound_terms(params, x0, labels_B, t_B, noise), None
-
-    steps_nats, _ = jax.lax.scan(stratum, jnp.zeros(x0.shape[:1]), jnp.arange(strata))
     prior = prior_nats(x0)
-    nats = steps_nats + prior
-    return {"nll_nats": nats, "nll_bpd": nats_to_bits_per_dim(nats, num_dims),
-            "prior_nats": prior}
+
+    def bound_nats(labels_B):
+      def stratum(total, k):
+        t_B = k * width + jax.vmap(
+            lambda kk: jax.random.randint(jax.random.fold_in(kk, k), (), 0, width))(keys)
+        noise = jax.vmap(lambda kk: jax.random.normal(
+            jax.random.fold_in(jax.random.fold_in(kk, k), 1), image_shape))(keys)
+        return total + width * bound_terms(params, x0, labels_B, t_B, noise), None
+      steps_nats, _ = jax.lax.scan(stratum, jnp.zeros(x0.shape[:1]), jnp.arange(strata))
+      return steps_nats + prior
+
+    labels_B = labels_or_none(batch["label"] if num_classes else None, x0.shape[0])
+    nats = bound_nats(labels_B)
+    metrics = {"nll_nats": nats, "nll_bpd": nats_to_bits_per_dim(nats, num_dims),
+               "prior_nats": prior}
+    if num_classes and m.label_dropout > 0:
+      # The same network with the "no label" class (label dropout trains it):
+      # a bound on -log p(x), comparable with the unconditional families.
+      # Same timesteps and noise as the conditional bound, so the gap is paired.
+      uncond = bound_nats(labels_or_none(None, x0.shape[0]))
+      metrics |= {"uncond_nll_nats": uncond,
+                  "uncond_nll_bpd": nats_to_bits_per_dim(uncond, num_dims)}
+    return metrics
 
   sample = sample_with(m.sampler, int(m.sample_steps), float(m.ddim_eta))
   # The other samplers eval.json times beside sample(); the one sample() is
@@ -514,7 +524,11 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
                     f"its sum over t estimated without bias from {strata} "
                     f"stratified timesteps per image")
                  + ", one draw of timesteps and noise per test image; nll_bpd: "
-                 "the same in bits per dimension; EMA weights"),
+                 "the same in bits per dimension; EMA weights"
+                 + ("; class-conditional: nll_* bound -log p(x | label)"
+                    if num_classes else "")
+                 + ("; uncond_nll_* bound -log p(x) with the no-label class"
+                    if num_classes and m.label_dropout > 0 else "")),
       "data": "8-bit pixels scaled to [-1, 1]; no dequantization (discrete decoder)",
       "process": (f"T = {num_t}, {m.schedule} schedule, predicts {objective}, "
                   f"sigma_t^2 = {variance}"),
