@@ -53,6 +53,8 @@ def _metric_cells(run: dict[str, Any]) -> dict[str, str]:
       cells[name] = f"{value['mean']:.4g} ± {spread:.2g}"
     elif name == "coverage":
       cells["classes_covered"] = str(value["classes_covered"])
+    elif name == "non_finite_samples" and value:
+      cells[name] = str(value)
   latent = result.get("latent")
   if latent:
     cells["active_units"] = f"{latent['active_units']} / {latent['latent_dim']}"

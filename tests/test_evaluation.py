@@ -158,3 +158,22 @@ def test_conditional_vae_reports_conditional_accuracy(smoke_classifier, mnist,
   accuracy = result["sample_metrics"]["conditional_accuracy_mnistnet_1k"]
   assert 0.0 <= accuracy <= 1.0
   assert "one-hot label" in result["protocol"]["conditional"]
+
+
+def test_non_finite_samples_are_counted_and_left_out(smoke_classifier, trained_vae,
+                                                    mnist):
+  del smoke_classifier
+  config, workdir, state = trained_vae
+  s = train.setup(config, workdir, sharding.make_mesh(1), mnist)
+  real_sample = s.family.sample
+
+  def every_fourth_nan(state, key, num, labels=None):
+    images = real_sample(state, key, num, labels)
+    return images.at[::4].set(np.nan)
+
+  s = dataclasses.replace(s, family=dataclasses.replace(s.family,
+                                                        sample=every_fourth_nan))
+  results, protocol = evaluate.sample_quality(s, state)
+  assert results["non_finite_samples"] == 250
+  assert protocol["num_samples"] == 750
+  assert np.isfinite(results["fd_mnistnet_750"]) and results["fd_mnistnet_750"] > 0

@@ -2,6 +2,8 @@
 log-determinant is the Jacobian's; actnorm's data-dependent init; the
 preprocessing's log-determinant; each config's step; bad configs."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 from conftest import (check_step_is_deterministic_and_learns, set_overrides,
                       setup_and_batch)
 from configs import glow_cifar10, glow_mnist, realnvp_cifar10, realnvp_mnist
-from jaxgen import configlib, sharding, train
+from jaxgen import configlib, evaluate, sharding, train
 from jaxgen.models import flow as flow_model
 from jaxgen.nets import flow
 
@@ -154,6 +156,32 @@ def test_evaluate_views_and_samples(name, datasets, tmp_path):
   samples = jax.jit(s.family.sample, static_argnums=2)(state, key, 6)
   assert samples.shape == (6, h, w, c)
   assert float(samples.min()) >= 0.0 and float(samples.max()) <= 1.0
+
+
+def test_a_flow_whose_inverse_overflows_is_reported_not_crashed(mnist, tmp_path):
+  config = glow_mnist.get_config("smoke")
+  config.eval.num_samples = 16
+  config.eval.timing_samples = 0
+  s, batch = setup_and_batch(config, mnist, tmp_path, n=16, split="test")
+  state = train.init_state(s, batch)
+  # Far-off weights: the coupling scales' inverse overflows float32.
+  state = state.replace(params=perturbed(state.params, jax.random.PRNGKey(1), 3.0))
+  metrics = jax.jit(s.family.evaluate)(state, batch, jax.random.PRNGKey(0))
+  # A NaN reconstruction is the largest error, 1, not a NaN the mean skips.
+  np.testing.assert_array_equal(metrics["inverse_max_abs_error"], 1.0)
+  np.testing.assert_array_equal(metrics["inverse_failed"], 1.0)
+  # Every sample is NaN: eval.json keeps the likelihood metrics and says why
+  # there are no sample metrics.
+  result = evaluate.run(s, state)
+  assert result["sample_metrics"]["non_finite_samples"] == 16
+  assert "diverged" in result["sample_metrics"]["skipped"]["all"]
+  written = json.loads((tmp_path / "eval.json").read_text())
+  assert written["metrics"]["inverse_failed"]["mean"] == 1.0
+  # Images handed in for scoring must be finite.
+  images = np.full((4, 28, 28, 1), 0.5, np.float32)
+  images[2, 3, 3, 0] = np.nan
+  with pytest.raises(evaluate.SamplesError, match="1 of 4 samples hold NaN or inf"):
+    evaluate.score_images(s, images)
 
 
 @pytest.mark.parametrize("overrides, key", [

@@ -114,8 +114,27 @@ def sample_quality(s: Setup, state: Any) -> tuple[dict[str, Any], dict[str, Any]
   """
   num = s.config.eval.num_samples
   samples, asked = _draw(s, state, num, jax.random.PRNGKey(s.config.eval.seed + 1))
+  finite_N = np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
+  non_finite = int(np.sum(~finite_N))
+  if non_finite == len(samples):
+    # Nothing to score; the likelihood metrics in eval.json still stand.
+    reason = (f"all {num:,} samples hold NaN or inf: the sampler diverged (a "
+              "flow's inverse overflowing in float32 shows as inverse_failed; "
+              "otherwise check the loss curve and train longer or more stably)")
+    logging.warning("sample-quality metrics skipped: %s", reason)
+    return ({"non_finite_samples": non_finite, "skipped": {"all": reason}},
+            {"num_samples": 0, "sample_seed": s.config.eval.seed + 1})
+  if non_finite:
+    logging.warning("%d of %d samples hold NaN or inf; scoring the other %d",
+                    non_finite, num, num - non_finite)
+    samples = samples[finite_N]
+    asked = asked[finite_N] if asked is not None else None
   results, protocol = score_images(s, samples, asked)
+  results["non_finite_samples"] = non_finite
   protocol["sample_seed"] = s.config.eval.seed + 1
+  protocol["non_finite_samples"] = (
+      "samples holding NaN or inf (a sampler that diverged on them), left out "
+      "of every metric above, which score the other num_samples")
   return results, protocol
 
 
@@ -129,6 +148,10 @@ def score_images(s: Setup, samples: np.ndarray, asked: np.ndarray | None = None
     raise SamplesError(f"samples of shape {samples.shape}: expected "
                      f"[N, {', '.join(map(str, expected))}] for "
                      f"{s.dataset.spec.name} (NHWC)")
+  if not np.all(np.isfinite(samples)):
+    bad = int(np.sum(~np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)))
+    raise SamplesError(f"{bad} of {len(samples)} samples hold NaN or inf: "
+                       "leave them out (and report how many), or pass uint8 images")
   num = len(samples)
   results: dict[str, Any] = {}
   protocol: dict[str, Any] = {"num_samples": num}
