@@ -47,11 +47,13 @@ def get_config(arg: str | None = None) -> configlib.ConfigDict:
       m.ema_decay = 0.999
       m.bound_timesteps = 1
       config.optimizer.learning_rate = 5e-4
+      config.optimizer.schedule = "cosine"   # anneals within the short run
       config.train.batch_size = 64
-      config.train.num_steps = 20_000
+      config.train.num_steps = 2_000
       config.train.snapshot_every = 1_000
+      # Each guided sample costs 2 x sample_steps network passes.
       config.train.monitor_samples = 200
-      config.eval.num_samples = 1_000
+      config.eval.num_samples = 500
   elif configlib.SMOKE not in options:
     m.base_width = 64
     m.width_multipliers = (1, 2, 2)
