@@ -379,9 +379,12 @@ def train(config: ConfigDict, workdir: str | Path, *, mesh: Mesh | None = None,
       if stop.signum is not None:
         status = f"interrupted by {signal.Signals(stop.signum).name}"
       save_checkpoint(step, state)
-      if step % t.snapshot_every and step > start_step:
-        snapshot(state, step)
       checkpointer.wait()
+      # A signal is often a preemption with seconds to spare: the checkpoint
+      # is on disk, and a snapshot (sampling, views: minutes for a diffusion
+      # model on CPU) is left to the resumed run's next snapshot step.
+      if step % t.snapshot_every and step > start_step and stop.signum is None:
+        snapshot(state, step)
     interrupted_by = stop.signum
   except NonFiniteError:
     status = "stopped: non-finite values"

@@ -117,6 +117,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(mnist, tmp_path):
   assert first.step == 7
   assert 7 in [int(p.name) for p in (workdir / "checkpoints").iterdir()
                if p.name.isdigit()]
+  # Stopping does not spend time on a snapshot (samples) at the stop step.
+  assert not list((workdir / "samples").glob("*_000007.png"))
   resumed = train.train(smoke_config(), workdir, mesh=mesh, dataset=mnist)
   assert resumed.step == 20
   assert_trees_equal(straight.state.params, resumed.state.params)
