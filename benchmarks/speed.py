@@ -3,6 +3,7 @@
     pip install -r benchmarks/requirements.txt      # CPU torch 2.13
     python benchmarks/speed.py                       # every config with a twin
     python benchmarks/speed.py --configs=dcgan_mnist --repeats=7
+    python benchmarks/speed.py --configs=vae_mnist --steps=3 --repeats=1 --out=/tmp/trial.md
 
 For each config: jaxgen's compile time, then `--repeats` rounds that alternate
 A/B (jaxgen `--steps` steps, then PyTorch `--steps` steps of the identical
@@ -11,7 +12,12 @@ rounds, the ratio jaxgen/PyTorch in steps per second (> 1: jaxgen faster), and
 is written to benchmarks/RESULTS.md with the machine it ran on. Random uint8
 batches of the config's batch size: the data pipeline is not timed.
 
-Twins so far: the DCGANs (benchmarks/torch_dcgan.py).
+Twins so far: the DCGANs (benchmarks/torch_dcgan.py) and the MNIST
+autoencoders ae_mnist, vae_mnist, cvae_mnist (benchmarks/torch_vae.py, built
+from the jaxgen config; `python benchmarks/torch_vae.py check` shows it takes
+jaxgen's step: the same loss, gradients and params given the same noise). Both
+sides draw their own noise each step (binarization, posterior samples, GAN
+latents), as training does.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import torch  # pylint: disable=g-import-not-at-top
 
 import torch_dcgan  # pylint: disable=g-import-not-at-top
+import torch_vae  # pylint: disable=g-import-not-at-top
 from jaxgen import data  # pylint: disable=g-import-not-at-top
 from jaxgen.models import make_family  # pylint: disable=g-import-not-at-top
 
@@ -70,7 +77,7 @@ def jaxgen_stepper(name: str):
   return run, compile_seconds, b
 
 
-def torch_stepper(name: str):
+def torch_dcgan_stepper(name: str):
   dataset = {"dcgan_mnist": "mnist", "dcgan_cifar10": "cifar10"}[name]
   model = torch_dcgan.DCGAN(dataset)
   h, w, c = torch_dcgan.CONFIGS[dataset]["image_shape"]
@@ -84,7 +91,27 @@ def torch_stepper(name: str):
   return run
 
 
-TWINS = {"dcgan_mnist": torch_stepper, "dcgan_cifar10": torch_stepper}
+def torch_vae_stepper(name: str):
+  config = _config(name)
+  spec = data.SPECS[config.data.name]
+  twin = torch_vae.AutoencoderTwin(config, spec.image_shape, spec.num_classes)
+  b = config.train.batch_size
+  h, w, c = spec.image_shape
+  rng = np.random.default_rng(0)
+  images = torch.from_numpy(rng.integers(0, 256, (b, c, h, w), dtype=np.uint8))
+  labels = torch.from_numpy(rng.integers(0, spec.num_classes, b))
+
+  def run(n: int) -> None:
+    for _ in range(n):
+      metrics = twin.train_step(images, labels)
+    float(metrics["loss"])  # sync
+
+  return run
+
+
+TWINS = {"dcgan_mnist": torch_dcgan_stepper, "dcgan_cifar10": torch_dcgan_stepper,
+         "ae_mnist": torch_vae_stepper, "vae_mnist": torch_vae_stepper,
+         "cvae_mnist": torch_vae_stepper}
 
 
 def seconds_per_step(run, steps: int) -> float:
