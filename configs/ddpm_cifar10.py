@@ -11,10 +11,10 @@ self-attention at 16x16, dropout 0.1, T = 1000 linear, batch 128, Adam 2e-4
 with 5,000 warm-up steps, gradient clipping at 1, EMA 0.9999, 800k steps.
 Samples and the eval metrics use DDIM with 50 steps.
 
-`:cpu` is what two CPU cores train in about an hour (README): a class-conditional U-Net
-on 2x2 patches (16x16x12, attention at 8x8, i.e. at 16x16 in pixels) sampled
-with classifier-free guidance, which is what makes short-run samples look like
-their classes; its eval draws fewer samples and one bound timestep per image.
+`:cpu` is what two CPU cores train in about an hour and a half (README): a
+class-conditional U-Net on 2x2 patches (16x16x12, attention at 8x8, i.e. at
+16x16 in pixels) sampled with classifier-free guidance, which is what makes
+short-run samples look like their classes; its eval draws fewer samples and one bound timestep per image.
 """
 
 from jaxgen import configlib
@@ -49,9 +49,9 @@ def get_config(arg: str | None = None) -> configlib.ConfigDict:
       config.optimizer.learning_rate = 5e-4
       config.optimizer.schedule = "cosine"   # anneals within the short run
       config.train.batch_size = 64
-      config.train.num_steps = 1_200
+      config.train.num_steps = 3_600
       # A guided snapshot (monitor samples, 1,000-step views) takes minutes.
-      config.train.snapshot_every = 1_200
+      config.train.snapshot_every = 3_600
       # Each guided sample costs 2 x sample_steps network passes.
       config.train.monitor_samples = 200
       config.eval.num_samples = 500
