@@ -45,21 +45,12 @@ from jaxgen import data  # pylint: disable=g-import-not-at-top
 from jaxgen.models import make_family  # pylint: disable=g-import-not-at-top
 
 
-def _config(name: str):
-  module = __import__(f"configs.{name}", fromlist=["get_config"])
-  return module.get_config()
-
-
 def jaxgen_stepper(name: str):
-  config = _config(name)
+  config = torch_vae.get_config(name)
   spec = data.SPECS[config.data.name]
   family = make_family(config, spec)
   b = config.train.batch_size
-  rng = np.random.default_rng(0)
-  batch = {"image": jax.numpy.asarray(rng.integers(0, 256, (b, *spec.image_shape),
-                                                   dtype=np.uint8)),
-           "label": jax.numpy.asarray(rng.integers(0, spec.num_classes, b,
-                                                   dtype=np.int32))}
+  batch = jax.tree.map(jax.numpy.asarray, torch_vae.random_batch(spec, b))
   state = jax.jit(family.init)(jax.random.PRNGKey(0), batch)
   step = jax.jit(family.train_step, donate_argnums=0)
   holder = {"state": state}
@@ -92,14 +83,12 @@ def torch_dcgan_stepper(name: str):
 
 
 def torch_vae_stepper(name: str):
-  config = _config(name)
+  config = torch_vae.get_config(name)
   spec = data.SPECS[config.data.name]
   twin = torch_vae.AutoencoderTwin(config, spec.image_shape, spec.num_classes)
-  b = config.train.batch_size
-  h, w, c = spec.image_shape
-  rng = np.random.default_rng(0)
-  images = torch.from_numpy(rng.integers(0, 256, (b, c, h, w), dtype=np.uint8))
-  labels = torch.from_numpy(rng.integers(0, spec.num_classes, b))
+  batch = torch_vae.random_batch(spec, config.train.batch_size)
+  images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
+  labels = torch.from_numpy(batch["label"].astype(np.int64))
 
   def run(n: int) -> None:
     for _ in range(n):

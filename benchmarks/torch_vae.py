@@ -454,6 +454,15 @@ def get_config(name: str, overrides: list[str] = ()) -> Any:
   return config
 
 
+def random_batch(spec: Any, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """A batch of uniform random uint8 images (NHWC) and labels of a dataset
+  spec: what the speed benchmark and the check feed both sides."""
+  rng = np.random.default_rng(seed)
+  return {"image": rng.integers(0, 256, (batch_size, *spec.image_shape),
+                                dtype=np.uint8),
+          "label": rng.integers(0, spec.num_classes, batch_size, dtype=np.int32)}
+
+
 def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4,
           dtype: str = "float64") -> dict[str, float]:
   """Twin vs jaxgen on one batch for `steps` train steps, with jaxgen's noise
@@ -492,10 +501,8 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4,
   with jax.enable_x64(dtype == "float64"):
     spec = data.SPECS[config.data.name]
     family = make_family(config, spec)
-    rng = np.random.default_rng(seed)
     b = config.train.batch_size
-    batch = {"image": rng.integers(0, 256, (b, *spec.image_shape), dtype=np.uint8),
-             "label": rng.integers(0, spec.num_classes, b, dtype=np.int32)}
+    batch = random_batch(spec, b, seed)
     jax_schedule = optim.learning_rate_schedule(config.optimizer,
                                                 config.train.num_steps)
     all_steps = np.arange(config.train.num_steps + 1)

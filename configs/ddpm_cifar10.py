@@ -14,7 +14,8 @@ Samples and the eval metrics use DDIM with 50 steps.
 `:cpu` is what two CPU cores train in about an hour and a half (README): a
 class-conditional U-Net on 2x2 patches (16x16x12, attention at 8x8, i.e. at
 16x16 in pixels) sampled with classifier-free guidance, which is what makes
-short-run samples look like their classes; its eval draws fewer samples and one bound timestep per image.
+short-run samples look like their classes; its eval draws fewer samples and
+one bound timestep per image.
 """
 
 from jaxgen import configlib

@@ -4,6 +4,7 @@ XLA_FLAGS must be set before jax is imported anywhere, which is why this lives
 at the top of conftest.py.
 """
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -86,6 +87,13 @@ def setup_and_batch(config, dataset, tmp_path, n=32, split="train"):
   if split == "test":
     batch.update(index=np.arange(n, dtype=np.int32), mask=np.ones(n, bool))
   return s, sharding.put_batch(batch, s.mesh)
+
+
+def with_first_test_images(dataset, n: int):
+  """`dataset` with its test split cut to the first n images: evaluation tests
+  whose point is not the full split stay quick."""
+  return dataclasses.replace(
+      dataset, test=data.Split(dataset.test.images[:n], dataset.test.labels[:n]))
 
 
 def set_overrides(config, overrides) -> None:

@@ -2,7 +2,6 @@
 DDIM against DDPM, exact reconstruction from the true noise, the discrete
 decoder, the bound's estimator, each config's step, eval outputs, bad configs."""
 
-import dataclasses
 import json
 
 import jax
@@ -11,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import (check_step_is_deterministic_and_learns, set_overrides,
-                      setup_and_batch)
+                      setup_and_batch, with_first_test_images)
 from configs import ddpm_cifar10, ddpm_mnist
-from jaxgen import configlib, data, evaluate, likelihoods, sharding, train
+from jaxgen import configlib, evaluate, likelihoods, sharding, train
 from jaxgen.models import count_params
 from jaxgen.models import diffusion as dm
 from jaxgen.nets.unet import UNet
@@ -228,8 +227,7 @@ def test_train_eval_views_and_sampling_speed(mnist, tmp_path):
   config.eval.num_samples = 0   # sample metrics: tests/test_evaluation.py
   config.eval.timing_samples = 4
   # The bound over the first 1,000 test images keeps the suite quick.
-  mnist = dataclasses.replace(
-      mnist, test=data.Split(mnist.test.images[:1000], mnist.test.labels[:1000]))
+  mnist = with_first_test_images(mnist, 1000)
   run = train.train(config, tmp_path, mesh=sharding.make_mesh(1), dataset=mnist)
   evaluate.run(run.setup, run.state)
   result = json.loads((tmp_path / "eval.json").read_text())

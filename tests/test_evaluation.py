@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 
+from conftest import with_first_test_images
 from configs import vae_mnist
-from jaxgen import data, evaluate, sharding, train
+from jaxgen import evaluate, sharding, train
 from jaxgen.evaluate import features, metrics
 
 
@@ -129,8 +130,7 @@ def test_iwae_bound_is_the_elbo_at_k1_and_tightens(trained_vae, mnist):
   config = config.copy_and_resolve_references()
   config.eval.num_samples = 0
   # The first 1,000 test images keep the k=50 pass quick.
-  subset = dataclasses.replace(
-      mnist, test=data.Split(mnist.test.images[:1000], mnist.test.labels[:1000]))
+  subset = with_first_test_images(mnist, 1000)
   means = {}
   for k in (1, 50):
     config.eval.iwae_samples = k

@@ -2,7 +2,6 @@
 log-determinant is the Jacobian's; actnorm's data-dependent init; the
 preprocessing's log-determinant; each config's step; bad configs."""
 
-import dataclasses
 import json
 
 import jax
@@ -11,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import (check_step_is_deterministic_and_learns, set_overrides,
-                      setup_and_batch)
+                      setup_and_batch, with_first_test_images)
 from configs import glow_cifar10, glow_mnist, realnvp_cifar10, realnvp_mnist
-from jaxgen import configlib, data, evaluate, sharding, train
+from jaxgen import configlib, evaluate, sharding, train
 from jaxgen.models import flow as flow_model
 from jaxgen.nets import flow
 
@@ -163,8 +162,7 @@ def test_a_flow_whose_inverse_overflows_is_reported_not_crashed(mnist, tmp_path)
   config = glow_mnist.get_config("smoke")
   config.eval.num_samples = 16
   config.eval.timing_samples = 0
-  mnist = dataclasses.replace(   # eval.json over 1,000 test images: quick
-      mnist, test=data.Split(mnist.test.images[:1000], mnist.test.labels[:1000]))
+  mnist = with_first_test_images(mnist, 1000)   # eval.json: quick
   s, batch = setup_and_batch(config, mnist, tmp_path, n=16, split="test")
   state = train.init_state(s, batch)
   # Far-off weights: the coupling scales' inverse overflows float32.
