@@ -6,7 +6,8 @@ are trained once and exported to the classifier cache:
     $JAXGEN_CACHE_DIR/classifiers/<dataset>/   (default ~/.cache/jaxgen)
         params.msgpack    flax-serialized parameters
         info.json         network config, test accuracy, sha256 of the weights
-        reference_<split>_<sha12>.npz   feature statistics of the real split
+        reference_<split>_<key12>.npz   feature statistics of the real split
+                                        (key: weights sha256 + network info)
 
 Metrics name their extractor (e.g. fd_mnistnet_10k), and eval.json records the
 weights' sha256, so numbers from different classifiers are never mixed up.
@@ -29,7 +30,7 @@ from ml_collections import ConfigDict
 
 from jaxgen import data
 from jaxgen.evaluate import inception, metrics
-from jaxgen.nets.classifier import ConvClassifier
+from jaxgen.nets.classifier import make_classifier_net, network_info
 
 CACHE_ENV = "JAXGEN_CACHE_DIR"
 REFERENCE_SUBSET = 10_000  # real features kept for KID and precision/recall
@@ -63,28 +64,42 @@ class Extractor:
 
   kind: str = "jaxgen classifier, penultimate layer (ReLU)"
   batch_size: int = 1000   # images per forward pass (Inception: memory-bound)
+  # How the weights are applied (a classifier's info.json "model"): the same
+  # weights with and without flip averaging are different extractors.
+  network: dict[str, Any] | None = None
+
+  @property
+  def cache_key(self) -> str:
+    """12 hex digits naming weights + network, for cached reference statistics."""
+    if self.network is None:
+      return self.weights_sha256[:12]
+    identity = self.weights_sha256 + json.dumps(self.network, sort_keys=True)
+    return hashlib.sha256(identity.encode()).hexdigest()[:12]
 
   def protocol(self) -> dict[str, Any]:
-    return {"extractor": self.name,
-            "extractor_kind": self.kind,
-            "extractor_weights_sha256": self.weights_sha256,
-            "extractor_test_accuracy": self.test_accuracy,
-            "extractor_path": str(self.directory)}
+    protocol = {"extractor": self.name,
+                "extractor_kind": self.kind,
+                "extractor_weights_sha256": self.weights_sha256,
+                "extractor_test_accuracy": self.test_accuracy,
+                "extractor_path": str(self.directory)}
+    if self.network is not None:
+      protocol["extractor_network"] = self.network
+    return protocol
 
 
-def export_classifier(config: ConfigDict, params: Any,
+def export_classifier(config: ConfigDict, variables: Any,
                       eval_result: dict[str, Any] | None) -> Path:
-  """Writes a trained classifier to the cache (process 0 only)."""
+  """Writes a trained classifier (its Flax variables: params, and batch norm
+  statistics where it has them) to the cache (process 0 only)."""
   directory = classifier_dir(config.data.name)
-  blob = flax.serialization.to_bytes(params)
+  blob = flax.serialization.to_bytes(variables)
   accuracy = None
   if eval_result is not None:
     accuracy = eval_result["metrics"]["accuracy"]["mean"]
   info = {
       "name": extractor_name(config.data.name),
       "dataset": config.data.name,
-      "model": {"widths": list(config.model.widths), "hidden": config.model.hidden,
-                "dropout": config.model.dropout},
+      "model": network_info(config.model),
       "test_accuracy": accuracy,
       "test_examples": None if eval_result is None else eval_result["num_examples"],
       "weights_sha256": hashlib.sha256(blob).hexdigest(),
@@ -113,14 +128,12 @@ def load_extractor(dataset: str) -> Extractor:
         f"{params_path} does not match the sha256 in {info_path} (corrupt or "
         f"replaced); retrain with python run.py --config=configs/classifier_{dataset}.py")
   spec = data.SPECS[dataset]
-  net = ConvClassifier(widths=tuple(info["model"]["widths"]),
-                       hidden=info["model"]["hidden"], num_classes=spec.num_classes,
-                       dropout=info["model"]["dropout"])
+  net = make_classifier_net(info["model"], spec.num_classes)
   template = net.init(jax.random.PRNGKey(0), jnp.zeros((1, *spec.image_shape)))
-  params = flax.serialization.from_bytes(template, blob)
-  apply = jax.jit(lambda x: net.apply(params, x))
+  variables = flax.serialization.from_bytes(template, blob)
+  apply = jax.jit(lambda x: net.apply(variables, x))
   return Extractor(info["name"], dataset, digest, info["test_accuracy"], apply,
-                   directory)
+                   directory, network=info["model"])
 
 
 def inception_dir() -> Path:
@@ -203,7 +216,7 @@ def reference_statistics(extractor: Extractor, split: data.Split, split_name: st
                          dataset: str) -> dict[str, np.ndarray]:
   """Mean, covariance and a fixed 10k subset of the real split's features, cached."""
   path = extractor.directory / (f"reference_{dataset}_{split_name}_{len(split)}_"
-                                f"{extractor.weights_sha256[:12]}.npz")
+                                f"{extractor.cache_key}.npz")
   if path.exists():
     with np.load(path) as cached:
       return dict(cached)

@@ -9,6 +9,9 @@ finds them offline.
 Objective: softmax cross-entropy in nats, with label smoothing 0 by default.
 Training images are randomly translated by up to `model.max_shift` pixels
 (zero padding) and, when `model.flip` is set, mirrored left-right.
+With `model.arch = "bn_pool"` the network has batch norm: its running
+statistics are part of the state (`batch_stats`), updated by each train step
+and exported with the weights.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -24,24 +28,27 @@ from ml_collections import ConfigDict
 from jaxgen import configlib, optim
 from jaxgen.data import DatasetSpec
 from jaxgen.models import Batch, Family, Metrics
-from jaxgen.nets.classifier import ConvClassifier
+from jaxgen.nets import classifier as classifier_nets
 
 
 @flax.struct.dataclass
 class ClassifierState:
   step: jax.Array
-  params: Any
+  params: Any         # {"params": ...}, what the optimizer updates
   opt_state: Any
+  batch_stats: Any    # {"batch_stats": ...} for batch norm, else {}
 
 
 def add_model_config(config: ConfigDict) -> None:
   m = config.model
   m.family = "classifier"
+  m.arch = "plain"          # | "bn_pool" (jaxgen/nets/classifier.py)
   m.widths = (32, 64)
   m.hidden = 256
   m.dropout = 0.3
   m.max_shift = 2
-  m.flip = False
+  m.flip = False              # training augmentation
+  m.flip_average = False      # evaluation: average over the image and its mirror
   m.label_smoothing = 0.0
 
 
@@ -51,6 +58,7 @@ def shrink_model_for_smoke(config: ConfigDict) -> None:
 
 
 def validate(config: ConfigDict) -> None:
+  configlib.require_one_of(config, "model.arch", classifier_nets.ARCHS)
   configlib.require_positive(config, "model.hidden")
   configlib.require_positive(config, "model.max_shift", allow_zero=True)
   configlib.require(config, "model.dropout", 0.0 <= config.model.dropout < 1.0,
@@ -59,10 +67,9 @@ def validate(config: ConfigDict) -> None:
                     0.0 <= config.model.label_smoothing < 1.0, "must be in [0, 1)")
 
 
-def make_network(config: ConfigDict, spec: DatasetSpec) -> ConvClassifier:
-  m = config.model
-  return ConvClassifier(widths=tuple(m.widths), hidden=m.hidden,
-                        num_classes=spec.num_classes, dropout=m.dropout)
+def make_network(config: ConfigDict, spec: DatasetSpec) -> nn.Module:
+  return classifier_nets.make_classifier_net(
+      classifier_nets.network_info(config.model), spec.num_classes)
 
 
 def augment(key: jax.Array, x_BHWC: jax.Array, max_shift: int, flip: bool
@@ -90,9 +97,11 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
 
   def init(key: jax.Array, example_batch: Batch) -> ClassifierState:
     del example_batch
-    params = net.init(key, jnp.zeros((1, *spec.image_shape), jnp.float32))
+    variables = net.init(key, jnp.zeros((1, *spec.image_shape), jnp.float32))
+    params = {"params": variables["params"]}
+    batch_stats = {k: v for k, v in variables.items() if k == "batch_stats"}
     return ClassifierState(step=jnp.zeros((), jnp.int32), params=params,
-                           opt_state=optimizer.init(params))
+                           opt_state=optimizer.init(params), batch_stats=batch_stats)
 
   def train_step(state: ClassifierState, batch: Batch, key: jax.Array
                  ) -> tuple[ClassifierState, Metrics]:
@@ -103,15 +112,22 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
                                   smoothing)
 
     def loss_fn(params):
-      logits, _ = net.apply(params, x, train=True, rngs={"dropout": dropout_key})
+      (logits, _), updated = net.apply(
+          {**params, **state.batch_stats}, x, train=True,
+          rngs={"dropout": dropout_key}, mutable=list(state.batch_stats))
       loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
-      return loss, {"train_accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+      accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+      return loss, {"train_accuracy": accuracy, "batch_stats": updated}
 
-    return optim.gradient_step(state, optimizer, loss_fn)
+    state, metrics = optim.gradient_step(state, optimizer, loss_fn)
+    return state.replace(batch_stats=metrics.pop("batch_stats")), metrics
+
+  def variables(state: ClassifierState) -> dict[str, Any]:
+    return {**state.params, **state.batch_stats}
 
   def evaluate(state: ClassifierState, batch: Batch, key: jax.Array) -> Metrics:
     del key
-    logits, _ = net.apply(state.params, batch["image"].astype(jnp.float32) / 255.0)
+    logits, _ = net.apply(variables(state), batch["image"].astype(jnp.float32) / 255.0)
     return {"accuracy": (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32),
             "xent_nats": optax.softmax_cross_entropy_with_integer_labels(
                 logits, batch["label"])}
@@ -120,7 +136,7 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
                         "split, 8-bit images scaled to [0, 1], no augmentation"}
   def export(state: ClassifierState, eval_result) -> None:
     from jaxgen.evaluate import features  # pylint: disable=g-import-not-at-top
-    features.export_classifier(config, state.params, eval_result)
+    features.export_classifier(config, variables(state), eval_result)
 
   return Family(name="classifier", init=init, train_step=train_step, sample=None,
                 evaluate=evaluate, views=None, loss_key="loss",
