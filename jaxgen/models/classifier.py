@@ -119,6 +119,8 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
       accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
       return loss, {"train_accuracy": accuracy, "batch_stats": updated}
 
+    # The batch statistics of this forward pass ride out in loss_fn's aux
+    # metrics (the one gradient step passes them through untouched).
     state, metrics = optim.gradient_step(state, optimizer, loss_fn)
     return state.replace(batch_stats=metrics.pop("batch_stats")), metrics
 
