@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from conftest import set_overrides
-from configs import dcgan_cifar10, dcgan_mnist, sngan_cifar10
+from configs import cgan_cifar10, dcgan_cifar10, dcgan_mnist, sngan_cifar10
 from jaxgen import configlib, evaluate, sharding, train
 from jaxgen.models import gan
 from jaxgen.nets.gan import Discriminator
 
 CONFIGS = {"dcgan_mnist": dcgan_mnist, "dcgan_cifar10": dcgan_cifar10,
-           "sngan_cifar10": sngan_cifar10}
+           "sngan_cifar10": sngan_cifar10, "cgan_cifar10": cgan_cifar10}
 VARIANTS = {
     "wgan_gp": {"model.loss": "wgan_gp", "model.disc_norm": "layer"},
     "conditional": {"model.conditional": True, "model.spectral_norm": True},
@@ -92,6 +92,29 @@ def test_each_update_changes_only_its_own_network(mnist, tmp_path):
       state.params, state.stats, state.opt_state, batch["label"], key)
   assert leaves_equal(params["discriminator"], state.params["discriminator"])
   assert not leaves_equal(params["generator"], state.params["generator"])
+
+
+def test_conditional_gan_uses_the_label_in_both_networks(cifar10, tmp_path):
+  # cgan_cifar10 is the DCGAN recipe plus hinge and labels: the label must
+  # change what G draws from the same z and how D scores the same image.
+  config = smoke_config("cgan_cifar10")
+  assert (config.model.loss, config.model.conditional) == ("hinge", True)
+  s, batch = setup_and_batch(config, cifar10, tmp_path, n=8)
+  state, _ = jax.jit(s.family.train_step)(train.init_state(s, batch), batch,
+                                          jax.random.PRNGKey(0))
+  key = jax.random.PRNGKey(2)
+  labels = jnp.arange(8) % 10
+  as_given = s.family.sample(state, key, 8, labels)
+  assert np.array_equal(np.asarray(as_given), np.asarray(s.family.sample(state, key, 8)))
+  # An untrained G's images are all near 0.5: compare the label's effect with
+  # that of a new z rather than with an absolute threshold.
+  label_change = jnp.abs(as_given - s.family.sample(state, key, 8, (labels + 3) % 10))
+  z_change = jnp.abs(as_given - s.family.sample(state, jax.random.PRNGKey(3), 8, labels))
+  assert float(jnp.max(label_change)) > 0.05 * float(jnp.max(z_change))
+  relabelled = {**batch, "label": (batch["label"] + 3) % 10}
+  scores = s.family.evaluate(state, batch, key)["disc_score_test"]
+  scores_relabelled = s.family.evaluate(state, relabelled, key)["disc_score_test"]
+  assert float(jnp.max(jnp.abs(scores - scores_relabelled))) > 1e-4
 
 
 def test_discriminator_learns_to_tell_real_from_a_fixed_generator(mnist, tmp_path):
