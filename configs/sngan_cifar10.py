@@ -1,9 +1,8 @@
 """SN-GAN on CIFAR-10: hinge loss, spectral normalization in the discriminator
 (no batch norm there), two discriminator updates per generator update, two
 time-scale learning rates and an EMA generator. The literature's recipe for
-long (GPU) budgets; in the first thousands of steps it trails DCGAN, and the
-strong default at those budgets is configs/cgan_cifar10.py (README, "The GAN
-family").
+long (GPU) budgets; in the first thousands of steps it trails DCGAN and
+configs/cgan_cifar10.py (README, "The GAN family").
 
     python run.py --config=configs/sngan_cifar10.py
     python run.py --config=configs/sngan_cifar10.py:smoke
