@@ -40,6 +40,7 @@ from ml_collections import ConfigDict
 from jaxgen import configlib, likelihoods, optim
 from jaxgen.data import DatasetSpec, binarize
 from jaxgen.models import Batch, Family, Metrics
+from jaxgen.nets.autoregressive import LocalARHead, decode_sequential
 from jaxgen.nets.conv import ConvDecoder, ConvEncoder, append_channels
 
 
@@ -67,6 +68,11 @@ def add_model_config(config: ConfigDict, family: str = "vae") -> None:
   m.kl_warmup_steps = 0          # beta ramps linearly from 0 over these steps
   # Label-conditional VAE: encoder and decoder both see the one-hot label.
   m.conditional = False
+  # Local autoregressive decoder (jaxgen/nets/autoregressive.py): each pixel
+  # also sees the already-generated pixels in its ar_context x ar_context
+  # causal window. 0: the factorized decoder p(x|z) = prod_i p(x_i|z).
+  m.ar_context = 0
+  m.ar_hidden = 96               # the head's width (and the decoder's output)
 
 
 def shrink_model_for_smoke(config: ConfigDict) -> None:
@@ -82,7 +88,13 @@ def validate(config: ConfigDict) -> None:
                              "model.num_mixtures", "model.gaussian_std")
   configlib.require_positive(config, "model.beta", "model.kl_warmup_steps",
                              "model.latent_channels", "model.res_blocks",
-                             allow_zero=True)
+                             "model.ar_context", allow_zero=True)
+  if config.model.ar_context:
+    configlib.require(config, "model.ar_context",
+                      config.model.ar_context >= 3 and config.model.ar_context % 2,
+                      "must be 0 (factorized decoder) or an odd window size "
+                      ">= 3 for the local autoregressive decoder")
+    configlib.require_positive(config, "model.ar_hidden")
   configlib.require_one_of(config, "model.likelihood", likelihoods.NAMES)
   if config.model.likelihood != "bernoulli":
     configlib.require(
@@ -133,10 +145,19 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
       widths=tuple(m.encoder_widths), hidden=m.hidden, res_blocks=m.res_blocks,
       spatial=latent_grid is not None,
       num_outputs=code_size * (latent_grid[2] if latent_grid else latent_dim))
+  channels = spec.image_shape[2]
+  autoregressive = bool(m.ar_context)
+  # With the AR head the decoder emits features, which the head turns into
+  # the likelihood's parameters together with each pixel's causal window.
   decoder = ConvDecoder(image_shape=spec.image_shape,
                         widths=tuple(m.decoder_widths), hidden=m.hidden,
-                        out_channels=likelihood.out_channels,
+                        out_channels=(m.ar_hidden if autoregressive
+                                      else likelihood.out_channels),
                         res_blocks=m.res_blocks, latent_grid=latent_grid)
+  ar_head = (LocalARHead(context=m.ar_context, channels=channels,
+                         hidden=m.ar_hidden,
+                         out_channels=likelihood.out_channels)
+             if autoregressive else None)
   num_dims = spec.image_shape[0] * spec.image_shape[1] * spec.image_shape[2]
   # bits/dim for likelihoods of 8-bit pixels; binarized MNIST stays in nats.
   report_bpd = m.likelihood == "discretized_logistic"
@@ -162,19 +183,37 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     mean, logvar = jnp.split(out, 2, -1)
     return mean.reshape(out.shape[0], -1), logvar.reshape(out.shape[0], -1)
 
-  def decode_logits(params, z_BL, labels_B=None):
+  def decoder_out(params, z_BL, labels_B=None):
     onehot = (jax.nn.one_hot(labels_B, num_classes, dtype=z_BL.dtype)
               if conditional else None)
     return decoder.apply(params["decoder"], z_BL, onehot)
 
+  def decode_params(params, z_BL, labels_B, x_BHWC):
+    """The likelihood's parameters for the image x (which the AR head reads
+    causally: teacher forcing, so -log p(x|z) is exact in one pass)."""
+    out = decoder_out(params, z_BL, labels_B)
+    if autoregressive:
+      out = ar_head.apply(params["ar_head"], out, x_BHWC)
+    return out
+
+  def decode_images(params, z_BL, labels_B, key):
+    """Images in [0, 1] from latents: the decoder means E[x|z] (factorized);
+    with the AR head, draws from p(x|z), pixel by pixel, with `key`."""
+    out = decoder_out(params, z_BL, labels_B)
+    if not autoregressive:
+      return likelihood.mean(out)
+    return decode_sequential(ar_head, params["ar_head"], out, channels,
+                             likelihood.sample, key)
+
   def neg_elbo_parts(params, x_BHWC, eps_BL, labels_B):
     mean_BL, logvar_BL = encode(params, x_BHWC, labels_B)
     if not variational:
-      recon_nats = likelihood.nll_nats(decode_logits(params, mean_BL, labels_B),
-                                       x_BHWC)
+      recon_nats = likelihood.nll_nats(
+          decode_params(params, mean_BL, labels_B, x_BHWC), x_BHWC)
       return recon_nats, jnp.zeros_like(recon_nats)
     z_BL = mean_BL + jnp.exp(0.5 * logvar_BL) * eps_BL
-    recon_nats = likelihood.nll_nats(decode_logits(params, z_BL, labels_B), x_BHWC)
+    recon_nats = likelihood.nll_nats(
+        decode_params(params, z_BL, labels_B, x_BHWC), x_BHWC)
     return recon_nats, gaussian_kl_nats(mean_BL, logvar_BL)
 
   def with_bpd(metrics):
@@ -189,7 +228,7 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     return {"recon_nats": recon}
 
   def init(key: jax.Array, example_batch: Batch) -> VAEState:
-    enc_key, dec_key = jax.random.split(key)
+    enc_key, dec_key, head_key = jax.random.split(key, 3)
     extra = num_classes if conditional else 0
     x = jnp.zeros((1, *spec.image_shape[:2], spec.image_shape[2] + extra))
     params = {
@@ -197,6 +236,11 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
         "decoder": decoder.init(dec_key, jnp.zeros((1, latent_dim)),
                                 jnp.zeros((1, num_classes)) if conditional else None),
     }
+    if autoregressive:
+      height, width = spec.image_shape[:2]
+      params["ar_head"] = ar_head.init(
+          head_key, jnp.zeros((1, height, width, m.ar_hidden)),
+          jnp.zeros((1, *spec.image_shape)))
     del example_batch  # shapes come from the dataset spec
     return VAEState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params))
@@ -243,8 +287,9 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
           jax.random.fold_in(k, chunk_index), (iwae_chunk, latent_dim)))(keys_B)
       z_BKL = mean_BL[:, None] + std_BL[:, None] * eps_BKL
       b = x_BHWC.shape[0]
-      logits = decode_logits(params, z_BKL.reshape(b * iwae_chunk, latent_dim),
-                             jnp.repeat(labels_B, iwae_chunk))
+      logits = decode_params(params, z_BKL.reshape(b * iwae_chunk, latent_dim),
+                             jnp.repeat(labels_B, iwae_chunk),
+                             jnp.repeat(x_BHWC, iwae_chunk, axis=0))
       logits = logits.reshape(b, iwae_chunk, *x_BHWC.shape[1:3], -1)
       log_px = -likelihood.nll_nats(logits, x_BHWC[:, None])
       log_pz = -0.5 * jnp.sum(z_BKL ** 2 + log_2pi, -1)
@@ -277,22 +322,26 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
 
   def sample(state: VAEState, key: jax.Array, num: int, labels=None) -> jax.Array:
     """Decoder means E[x | z] of prior samples z ~ N(0, I) (the usual VAE
-    picture; a draw from p(x | z) adds per-pixel noise); conditional: for
-    `labels` (default: 0, 1, ..., 9, 0, 1, ...)."""
+    picture; a draw from p(x | z) adds per-pixel noise), or with the AR head
+    draws from p(x | z); conditional: for `labels` (default: 0, 1, ..., 9,
+    0, 1, ...)."""
     z_BL = jax.random.normal(key, (num, latent_dim))
     if conditional and labels is None:
       labels = jnp.arange(num) % num_classes
-    return likelihood.mean(decode_logits(state.params, z_BL, labels))
+    return decode_images(state.params, z_BL, labels, jax.random.fold_in(key, 1))
 
   def views(state: VAEState, batch: Batch, key: jax.Array) -> dict[str, jax.Array]:
     """Grids as [rows, cols, H, W, C]: reconstructions (input beside its
     decoded posterior mean), interpolations between test images in latent
     space, and for the conditional VAE the same images decoded with true and
     wrong labels, and a class-by-style grid."""
+    draw_key = jax.random.fold_in(key, 1)
     x_BHWC = to_pixels(key, batch["image"])
     labels_B = batch["label"]
     mean_BL, _ = encode(state.params, x_BHWC, labels_B)
-    decode = lambda z, y: likelihood.mean(decode_logits(state.params, z, y))
+    # One key for every grid: with the AR head, images that differ only in z
+    # or the label share their pixel noise.
+    decode = lambda z, y: decode_images(state.params, z, y, draw_key)
     recon_BHWC = decode(mean_BL, labels_B)
     b = x_BHWC.shape[0]
     pairs_B2 = jnp.stack([x_BHWC, recon_BHWC], 1)
