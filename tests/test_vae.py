@@ -12,6 +12,7 @@ import pytest
 from conftest import check_step_is_deterministic_and_learns
 from configs import ae_mnist, cvae_cifar10, cvae_mnist, vae_cifar10, vae_mnist
 from jaxgen import configlib, evaluate, sharding, train
+from jaxgen.models import vae
 
 CONFIGS = {"ae_mnist": ae_mnist, "vae_mnist": vae_mnist, "cvae_mnist": cvae_mnist,
            "vae_cifar10": vae_cifar10, "cvae_cifar10": cvae_cifar10}
@@ -127,6 +128,35 @@ def test_kl_warmup_scales_the_kl_term(mnist, tmp_path):
   _, at_half = step(halfway, batch, key)
   np.testing.assert_allclose(
       at_half["loss"], at_half["recon_nats"] + 0.5 * at_half["kl_nats"], rtol=1e-5)
+
+
+def test_free_bits_floor_each_dimension_batch_mean_kl():
+  kl_BL = jnp.array([[0.1, 2.0, 0.0], [0.3, 0.0, 0.0]])   # batch means .2, 1, 0
+  np.testing.assert_allclose(vae.free_bits_kl_nats(kl_BL, 0.5), 0.5 + 1.0 + 0.5)
+  np.testing.assert_allclose(vae.free_bits_kl_nats(kl_BL, 0.0),
+                             jnp.mean(jnp.sum(kl_BL, -1)), rtol=1e-6)
+  # Below the floor a dimension's KL has no gradient; above it, its own.
+  grad = jax.grad(vae.free_bits_kl_nats)(kl_BL, 0.5)
+  np.testing.assert_allclose(grad, [[0.0, 0.5, 0.0], [0.0, 0.5, 0.0]])
+
+
+def test_free_bits_change_the_loss_not_the_reported_bound(mnist, tmp_path):
+  config = vae_mnist.get_config("smoke")
+  s = setup_for(config, mnist, tmp_path)
+  batch = sharding.put_batch({"image": mnist.train.images[:32],
+                              "label": mnist.train.labels[:32]}, s.mesh)
+  state = train.init_state(s, batch)
+  key = jax.random.PRNGKey(1)
+  _, plain = jax.jit(s.family.train_step)(state, batch, key)
+  np.testing.assert_allclose(plain["loss"], plain["neg_elbo_nats"], rtol=1e-5)
+  config.model.free_nats = 5.0   # above any dimension's KL at initialization
+  s = setup_for(config, mnist, tmp_path / "free")
+  _, floored = jax.jit(s.family.train_step)(state, batch, key)
+  np.testing.assert_allclose(floored["neg_elbo_nats"], plain["neg_elbo_nats"],
+                             rtol=1e-6)
+  np.testing.assert_allclose(
+      floored["loss"], floored["recon_nats"] + 5.0 * config.model.latent_dim,
+      rtol=1e-5)
 
 
 def test_two_dimensional_latent_gets_a_manifold_view(mnist, tmp_path):

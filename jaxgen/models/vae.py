@@ -66,6 +66,7 @@ def add_model_config(config: ConfigDict, family: str = "vae") -> None:
   m.decoder_widths = (64, 32)    # sub-pixel stages, coarse to fine
   m.hidden = 512                 # dense layer between convs and latent
   m.kl_warmup_steps = 0          # beta ramps linearly from 0 over these steps
+  m.free_nats = 0.0              # free bits: KL floor per latent dim (training)
   # Label-conditional VAE: encoder and decoder both see the one-hot label.
   m.conditional = False
   # Local autoregressive decoder (jaxgen/nets/autoregressive.py): each pixel
@@ -87,6 +88,7 @@ def validate(config: ConfigDict) -> None:
   configlib.require_positive(config, "model.latent_dim", "model.hidden",
                              "model.num_mixtures", "model.gaussian_std")
   configlib.require_positive(config, "model.beta", "model.kl_warmup_steps",
+                             "model.free_nats",
                              "model.latent_channels", "model.res_blocks",
                              "model.ar_context", allow_zero=True)
   if config.model.ar_context:
@@ -106,12 +108,29 @@ def validate(config: ConfigDict) -> None:
                       not config.eval.get("iwae_samples", 0),
                       "must be 0 for the AE: it has no posterior to "
                       "importance-sample (use model.family=vae)")
+    configlib.require(config, "model.free_nats", not config.model.free_nats,
+                      "must be 0 for the AE: it has no KL term to floor")
   configlib.require_widths(config, "model.encoder_widths", "model.decoder_widths")
+
+
+def gaussian_kl_nats_per_dim(mean_BL: jax.Array, logvar_BL: jax.Array
+                             ) -> jax.Array:
+  """KL(N(mean, exp(logvar)) || N(0, 1)) of each latent dimension [B, L]."""
+  return 0.5 * (jnp.exp(logvar_BL) + mean_BL ** 2 - 1.0 - logvar_BL)
 
 
 def gaussian_kl_nats(mean_BL: jax.Array, logvar_BL: jax.Array) -> jax.Array:
   """KL(N(mean, exp(logvar)) || N(0, I)) per example, in nats."""
-  return 0.5 * jnp.sum(jnp.exp(logvar_BL) + mean_BL ** 2 - 1.0 - logvar_BL, -1)
+  return jnp.sum(gaussian_kl_nats_per_dim(mean_BL, logvar_BL), -1)
+
+
+def free_bits_kl_nats(kl_BL: jax.Array, free_nats: float) -> jax.Array:
+  """The KL term of the free-bits objective (Kingma et al. 2016, IAF):
+  sum over latent dimensions of max(free_nats, the dimension's KL averaged
+  over the batch). Below the floor a dimension's KL costs nothing, so the
+  decoder cannot buy a lower loss by letting the latent go unused; with
+  free_nats = 0 it is the batch mean of the per-example KL."""
+  return jnp.sum(jnp.maximum(free_nats, jnp.mean(kl_BL, 0)))
 
 
 def _latent_layout(config: ConfigDict, spec: DatasetSpec
@@ -166,6 +185,7 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
   conditional = bool(m.conditional)
   num_classes = spec.num_classes
   kl_warmup_steps = int(m.kl_warmup_steps)
+  free_nats = float(m.free_nats)
 
   def to_pixels(key: jax.Array, images_u8: jax.Array) -> jax.Array:
     if dynamic:
@@ -210,11 +230,11 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     if not variational:
       recon_nats = likelihood.nll_nats(
           decode_params(params, mean_BL, labels_B, x_BHWC), x_BHWC)
-      return recon_nats, jnp.zeros_like(recon_nats)
+      return recon_nats, jnp.zeros_like(mean_BL)
     z_BL = mean_BL + jnp.exp(0.5 * logvar_BL) * eps_BL
     recon_nats = likelihood.nll_nats(
         decode_params(params, z_BL, labels_B, x_BHWC), x_BHWC)
-    return recon_nats, gaussian_kl_nats(mean_BL, logvar_BL)
+    return recon_nats, gaussian_kl_nats_per_dim(mean_BL, logvar_BL)
 
   def with_bpd(metrics):
     if report_bpd:
@@ -257,9 +277,10 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
       kl_weight = beta * jnp.minimum(1.0, state.step / kl_warmup_steps)
 
     def loss_fn(params):
-      recon, kl = neg_elbo_parts(params, x_BHWC, eps_BL, batch["label"])
-      loss = jnp.mean(recon + kl_weight * kl)
-      return loss, with_bpd({k: jnp.mean(v) for k, v in named(recon, kl).items()})
+      recon, kl_BL = neg_elbo_parts(params, x_BHWC, eps_BL, batch["label"])
+      loss = jnp.mean(recon) + kl_weight * free_bits_kl_nats(kl_BL, free_nats)
+      metrics = named(recon, jnp.sum(kl_BL, -1))
+      return loss, with_bpd({k: jnp.mean(v) for k, v in metrics.items()})
 
     return optim.gradient_step(state, optimizer, loss_fn)
 
@@ -306,8 +327,8 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     pixel_keys, eps_keys = per_example_keys(key, batch["index"])
     x_BHWC = jax.vmap(to_pixels)(pixel_keys, batch["image"])
     eps_BL = jax.vmap(lambda k: jax.random.normal(k, (latent_dim,)))(eps_keys)
-    recon, kl = neg_elbo_parts(state.params, x_BHWC, eps_BL, batch["label"])
-    metrics = named(recon, kl)
+    recon, kl_BL = neg_elbo_parts(state.params, x_BHWC, eps_BL, batch["label"])
+    metrics = named(recon, jnp.sum(kl_BL, -1))
     if iwae_samples:
       iwae_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(eps_keys)
       metrics[f"iwae{iwae_samples}_nats"] = iwae_nats(
@@ -389,6 +410,11 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
                         "ELBO, -> -log p(x) as k grows")
   if variational:
     protocol["beta"] = beta
+  if free_nats:
+    protocol["free_nats"] = (
+        f"trained with free bits: each latent dimension's batch-mean KL "
+        f"floored at {free_nats} nats in the loss; the reported bounds use the "
+        "true KL")
   if conditional:
     protocol["conditional"] = ("encoder and decoder see the one-hot label; "
                                "ELBO of p(x | label)")
@@ -419,6 +445,12 @@ def _protocol(config: ConfigDict, likelihood: likelihoods.PixelLikelihood,
       "gaussian": (f"Gaussian per pixel with fixed std {config.model.gaussian_std}"
                    " on [0, 1] intensities (MSE)"),
   }[likelihood.name]
+  if config.model.ar_context:
+    k = config.model.ar_context
+    decoder += (f"; local autoregressive: each pixel's parameters also see the "
+                f"pixels before it in its {k}x{k} window (raster order), so "
+                "p(x|z) is a product of exact conditionals and samples are "
+                "drawn pixel by pixel")
   bound = "negative ELBO" if variational else "reconstruction NLL"
   if not likelihood.discrete or (likelihood.name == "bernoulli" and not dynamic):
     metric = (f"{bound} of the decoder's {likelihood.name} density on [0, 1] "
