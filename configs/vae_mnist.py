@@ -3,6 +3,13 @@
     python run.py --config=configs/vae_mnist.py            # ~10 min on 2 CPU cores
     python run.py --config=configs/vae_mnist.py:smoke      # seconds
     python run.py --config=configs/vae_mnist.py --config.model.beta=4   # beta-VAE
+    python run.py --config=configs/vae_mnist.py:ar         # local AR decoder
+
+`:ar` gives the decoder a local autoregressive head (each pixel also sees the
+12 pixels before it in its 5x5 window; jaxgen/nets/autoregressive.py), with a
+1,000-step KL warm-up so the latent is in use before the head can do without
+it. It is the configuration that reaches the issue's IWAE target in 6,000
+steps; samples are then draws from p(x|z), drawn pixel by pixel.
 
 The README gives the test negative ELBO this reaches and how long it takes.
 """
@@ -10,9 +17,11 @@ The README gives the test negative ELBO this reaches and how long it takes.
 from jaxgen import configlib
 from jaxgen.models import vae
 
+AR = "ar"
+
 
 def get_config(arg: str | None = None) -> configlib.ConfigDict:
-  options = configlib.parse_arg(arg, "configs/vae_mnist.py")
+  options = configlib.parse_arg(arg, "configs/vae_mnist.py", extra=(AR,))
   config = configlib.base_config()
   config.data.name = "mnist"
   config.data.binarize = "dynamic"
@@ -27,6 +36,11 @@ def get_config(arg: str | None = None) -> configlib.ConfigDict:
   config.train.log_every = 100
   config.train.checkpoint_every = 1_000
   config.train.snapshot_every = 500
+
+  if AR in options:
+    config.model.ar_context = 5
+    config.model.ar_hidden = 32
+    config.model.kl_warmup_steps = 1_000
 
   if configlib.SMOKE in options:
     configlib.shrink_for_smoke(config)

@@ -107,8 +107,8 @@ def test_sequential_decoding_is_consistent_with_the_parallel_pass():
 def test_autoregressive_vae_step_samples_and_views(name, request, tmp_path):
   module = {"vae_cifar10": vae_cifar10, "vae_mnist": vae_mnist}[name]
   dataset = request.getfixturevalue(name.split("_")[1])
-  config = module.get_config("smoke")
-  config.model.ar_context = 3
+  config = module.get_config("ar,smoke")   # the configs' AR option, shrunk
+  assert config.model.ar_context == 5
   config.model.ar_hidden = 16
   config.optimizer.learning_rate = 3e-3
   s, batch = setup_and_batch(config, dataset, tmp_path)
