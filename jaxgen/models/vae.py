@@ -13,6 +13,13 @@ images, or a fixed-variance Gaussian = MSE, which is not a likelihood):
 All in nats per image, summed over pixels and latent dimensions; for 8-bit
 likelihoods also in bits per dimension (nats / (H*W*C ln 2)).
 
+With `model.ar_context = k` the decoder is locally autoregressive
+(jaxgen/nets/autoregressive.py): p(x|z) = prod_i p(x_i | x_<i in i's k x k
+window, z), still exact and evaluated in one teacher-forced pass; images are
+then drawn pixel by pixel. `model.free_nats` floors each latent dimension's
+batch-mean KL in the training loss (free bits), which such a decoder needs to
+keep the latent in use; the reported bounds always use the true KL.
+
 The AE (`model.family = "ae"`) has a deterministic encoder z = f(x), no prior
 and no KL: its loss is recon_nats alone, which bounds nothing, and it has no
 sample(): decoding N(0, I) noise is not a model of the data.
