@@ -11,7 +11,7 @@ import pytest
 
 from conftest import check_step_is_deterministic_and_learns, setup_and_batch
 from configs import vae_cifar10, vae_mnist
-from jaxgen import configlib, likelihoods, train
+from jaxgen import likelihoods, train
 from jaxgen.nets.autoregressive import LocalARHead, decode_sequential
 
 
@@ -127,10 +127,3 @@ def test_autoregressive_vae_step_samples_and_views(name, request, tmp_path):
   views = s.family.views(state, batch, jax.random.PRNGKey(1))
   assert views["reconstructions"].shape[-3:] == dataset.spec.image_shape
 
-
-@pytest.mark.parametrize("context", [2, 1, -3])
-def test_bad_ar_context_names_the_key(context, mnist, tmp_path):
-  config = vae_mnist.get_config("smoke")
-  config.model.ar_context = context
-  with pytest.raises(configlib.ConfigError, match="model.ar_context"):
-    setup_and_batch(config, mnist, tmp_path)

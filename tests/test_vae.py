@@ -70,6 +70,12 @@ def test_ae_has_no_kl_no_sampler_and_scores_reconstruction(mnist, tmp_path):
     ({"model.latent_channels": 4, "model.decoder_widths": (16,)},
      "model.decoder_widths"),
     ({"model.likelihood": "laplace"}, "model.likelihood"),
+    ({"model.ar_context": 2}, "model.ar_context"),
+    ({"model.ar_context": 1}, "model.ar_context"),
+    ({"model.ar_context": -3}, "model.ar_context"),
+    ({"model.ar_context": 3, "model.ar_hidden": 0}, "model.ar_hidden"),
+    ({"model.free_nats": -0.1}, "model.free_nats"),
+    ({"model.free_nats": 0.5, "model.family": "ae"}, "model.free_nats"),
 ])
 def test_inconsistent_model_settings_name_the_key(override, key, mnist, tmp_path):
   config = vae_mnist.get_config("smoke")
