@@ -131,6 +131,25 @@ def test_interrupted_and_resumed_equals_uninterrupted(mnist, tmp_path):
   assert logged == sorted(set(logged)), "a resumed run must not log a step twice"
 
 
+def test_rerun_with_more_steps_continues_a_finished_run(mnist, tmp_path):
+  """README's route for training a finished run further: the same workdir, a
+  larger train.num_steps. It resumes at the last step, and config.json records
+  the new length while the old config is kept beside it."""
+  mesh = sharding.make_mesh(1)
+  first = train.train(smoke_config(num_steps=10), tmp_path, mesh=mesh, dataset=mnist)
+  assert first.step == 10
+  longer = train.train(smoke_config(num_steps=16), tmp_path, mesh=mesh, dataset=mnist)
+  assert longer.step == 16
+  assert not np.array_equal(*(np.asarray(jax.tree.leaves(r.state.params)[0])
+                              for r in (first, longer))), "no further steps were taken"
+
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"] == 16
+  kept = json.loads((tmp_path / "config.before_step10.json").read_text())
+  assert kept["train"]["num_steps"] == 10
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert [(x["start_step"], x["end_step"]) for x in summary["sessions"]] == [(0, 10), (10, 16)]
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(mnist, tmp_path):
   mesh = sharding.make_mesh(1)
   train.train(smoke_config(num_steps=10), tmp_path, mesh=mesh, dataset=mnist)
