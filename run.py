@@ -20,6 +20,11 @@ from pathlib import Path
 # TensorFlow (used by TFDS only to prepare data) is chatty at import.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from jaxgen import xla_cpu  # pylint: disable=g-import-not-at-top
+
+# Before any jax import: XLA reads XLA_FLAGS when its first backend starts.
+xla_cpu.use_fast_cpu_convolutions()
+
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 

@@ -12,6 +12,11 @@ rounds, the ratio jaxgen/PyTorch in steps per second (> 1: jaxgen faster), and
 is written to benchmarks/RESULTS.md with the machine it ran on. Random uint8
 batches of the config's batch size: the data pipeline is not timed.
 
+Configs without a twin (`--configs=glow_cifar10,ddpm_mnist`) get jaxgen's
+numbers alone. jaxgen runs with the XLA CPU setting run.py applies
+(jaxgen/xla_cpu.py); `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`
+times it with jaxlib's default instead.
+
 Twins so far: the DCGANs (benchmarks/torch_dcgan.py) and the MNIST
 autoencoders ae_mnist, vae_mnist, cvae_mnist (benchmarks/torch_vae.py, built
 from the jaxgen config; `python benchmarks/torch_vae.py check` shows it takes
@@ -34,6 +39,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from jaxgen import xla_cpu  # pylint: disable=g-import-not-at-top
+
+# As run.py does: time jaxgen in the configuration it trains in.
+xla_cpu.use_fast_cpu_convolutions()
 
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
@@ -120,7 +130,8 @@ def machine() -> str:
     pass
   return (f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}; "
           f"jax {jax.__version__} on {jax.devices()[0].platform}, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads); "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
 
 def main() -> None:
@@ -133,18 +144,22 @@ def main() -> None:
   rows = []
   for name in args.configs.split(","):
     jax_run, compile_seconds, batch_size = jaxgen_stepper(name)
-    torch_run = TWINS[name](name)
-    jax_run(3)
-    torch_run(3)  # warm-up
+    # Configs without a twin get jaxgen's numbers alone.
+    torch_run = TWINS[name](name) if name in TWINS else None
+    jax_run(3)  # warm-up
+    if torch_run:
+      torch_run(3)
     jax_times, torch_times = [], []
     for _ in range(args.repeats):
       jax_times.append(seconds_per_step(jax_run, args.steps))
-      torch_times.append(seconds_per_step(torch_run, args.steps))
+      if torch_run:
+        torch_times.append(seconds_per_step(torch_run, args.steps))
     jax_ms = 1000 * statistics.median(jax_times)
-    torch_ms = 1000 * statistics.median(torch_times)
+    torch_ms = 1000 * statistics.median(torch_times) if torch_run else None
     rows.append((name, batch_size, compile_seconds, jax_ms, torch_ms))
-    print(f"{name}: jaxgen {jax_ms:.1f} ms/step, torch {torch_ms:.1f} ms/step, "
-          f"ratio {torch_ms / jax_ms:.2f}", flush=True)
+    versus = (f", torch {torch_ms:.1f} ms/step, ratio {torch_ms / jax_ms:.2f}"
+              if torch_run else " (no twin)")
+    print(f"{name}: jaxgen {jax_ms:.1f} ms/step{versus}", flush=True)
   lines = [
       "# Train-step speed: jaxgen vs PyTorch twin",
       "",
@@ -158,8 +173,10 @@ def main() -> None:
       "|---|---|---|---|---|---|---|---|",
   ]
   for name, b, comp, jms, tms in rows:
-    lines.append(f"| {name} | {b} | {comp:.1f} | {jms:.1f} | {tms:.1f} | "
-                 f"{1000 * b / jms:.0f} | {1000 * b / tms:.0f} | **{tms / jms:.2f}** |")
+    torch_cells = (f"{tms:.1f} | {1000 * b / jms:.0f} | {1000 * b / tms:.0f} | "
+                   f"**{tms / jms:.2f}**" if tms else
+                   f"no twin | {1000 * b / jms:.0f} | | ")
+    lines.append(f"| {name} | {b} | {comp:.1f} | {jms:.1f} | {torch_cells} |")
   Path(args.out).write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
 

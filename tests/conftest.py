@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from jaxgen import xla_cpu  # pylint: disable=g-import-not-at-top
+xla_cpu.use_fast_cpu_convolutions()  # what run.py does
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("JAXGEN_DATA_DIR", str(REPO.parent / "shared" / "data"))
