@@ -174,7 +174,7 @@ def main() -> None:
   ]
   for name, b, comp, jms, tms in rows:
     torch_cells = (f"{tms:.1f} | {1000 * b / jms:.0f} | {1000 * b / tms:.0f} | "
-                   f"**{tms / jms:.2f}**" if tms else
+                   f"**{tms / jms:.2f}**" if tms is not None else
                    f"no twin | {1000 * b / jms:.0f} | | ")
     lines.append(f"| {name} | {b} | {comp:.1f} | {jms:.1f} | {torch_cells} |")
   Path(args.out).write_text("\n".join(lines) + "\n")
