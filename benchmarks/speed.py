@@ -4,6 +4,7 @@
     python benchmarks/speed.py                       # every config with a twin
     python benchmarks/speed.py --configs=dcgan_mnist --repeats=7
     python benchmarks/speed.py --configs=vae_mnist --steps=3 --repeats=1 --out=/tmp/trial.md
+    python benchmarks/speed.py --steps=50 --torch_compile    # on a GPU machine
 
 For each config: jaxgen's compile time, then `--repeats` rounds that alternate
 A/B (jaxgen `--steps` steps, then PyTorch `--steps` steps of the identical
@@ -13,8 +14,12 @@ is written to benchmarks/RESULTS.md with the machine it ran on. Random uint8
 batches of the config's batch size: the data pipeline is not timed.
 
 Configs without a twin (`--configs=glow_cifar10,ddpm_mnist`) get jaxgen's
-numbers alone. jaxgen runs with the XLA CPU setting run.py applies
-(jaxgen/xla_cpu.py); `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`
+numbers alone. jaxgen's TFLOP/s is XLA's operation count of the step over its
+time. Where torch sees a GPU, the twins run on it in TF32 (as XLA runs float32
+there), `--torch_compile` adds a column for them with torch.compile'd networks,
+and the table goes to benchmarks/RESULTS_gpu.md. On CPU jaxgen runs with the
+XLA CPU setting run.py applies (jaxgen/xla_cpu.py);
+`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`
 times it with jaxlib's default instead.
 
 Twins so far: the DCGANs (benchmarks/torch_dcgan.py) and the MNIST
@@ -55,6 +60,17 @@ from jaxgen import data  # pylint: disable=g-import-not-at-top
 from jaxgen.models import make_family  # pylint: disable=g-import-not-at-top
 
 
+def step_flops(lowered) -> float | None:
+  """XLA's count of the floating-point operations of one step, from the HLO
+  before backend passes: after them, GPU convolutions are cuDNN custom calls
+  that the count skips."""
+  analysis = lowered.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
+    analysis = analysis[0] if analysis else None
+  flops = (analysis or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
 def jaxgen_stepper(name: str):
   config = torch_vae.get_config(name)
   spec = data.SPECS[config.data.name]
@@ -62,12 +78,12 @@ def jaxgen_stepper(name: str):
   b = config.train.batch_size
   batch = jax.tree.map(jax.numpy.asarray, torch_vae.random_batch(spec, b))
   state = jax.jit(family.init)(jax.random.PRNGKey(0), batch)
-  step = jax.jit(family.train_step, donate_argnums=0)
-  holder = {"state": state}
+  lowered = jax.jit(family.train_step, donate_argnums=0).lower(
+      state, batch, jax.random.PRNGKey(0))
   start = time.perf_counter()
-  holder["state"], metrics = step(holder["state"], batch, jax.random.PRNGKey(0))
-  jax.block_until_ready(metrics)
+  step = lowered.compile()
   compile_seconds = time.perf_counter() - start
+  holder = {"state": state}
 
   def run(n: int) -> None:
     metrics = None
@@ -75,14 +91,14 @@ def jaxgen_stepper(name: str):
       holder["state"], metrics = step(holder["state"], batch, jax.random.PRNGKey(i))
     jax.block_until_ready(metrics)
 
-  return run, compile_seconds, b
+  return run, compile_seconds, b, step_flops(lowered)
 
 
-def torch_dcgan_stepper(name: str):
+def torch_dcgan_stepper(name: str, device: str, compile_nets: bool):
   dataset = {"dcgan_mnist": "mnist", "dcgan_cifar10": "cifar10"}[name]
-  model = torch_dcgan.DCGAN(dataset)
+  model = torch_dcgan.DCGAN(dataset, device=device, compile_nets=compile_nets)
   h, w, c = torch_dcgan.CONFIGS[dataset]["image_shape"]
-  real = torch.rand(model.batch_size, c, h, w) * 2 - 1
+  real = torch.rand(model.batch_size, c, h, w, device=device) * 2 - 1
 
   def run(n: int) -> None:
     for _ in range(n):
@@ -92,13 +108,14 @@ def torch_dcgan_stepper(name: str):
   return run
 
 
-def torch_vae_stepper(name: str):
+def torch_vae_stepper(name: str, device: str, compile_nets: bool):
   config = torch_vae.get_config(name)
   spec = data.SPECS[config.data.name]
-  twin = torch_vae.AutoencoderTwin(config, spec.image_shape, spec.num_classes)
+  twin = torch_vae.AutoencoderTwin(config, spec.image_shape, spec.num_classes,
+                                   device=device, compile_nets=compile_nets)
   batch = torch_vae.random_batch(spec, config.train.batch_size)
-  images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
-  labels = torch.from_numpy(batch["label"].astype(np.int64))
+  images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(device)
+  labels = torch.from_numpy(batch["label"].astype(np.int64)).to(device)
 
   def run(n: int) -> None:
     for _ in range(n):
@@ -119,7 +136,7 @@ def seconds_per_step(run, steps: int) -> float:
   return (time.perf_counter() - start) / steps
 
 
-def machine() -> str:
+def machine(torch_device: str) -> str:
   cpu = platform.processor() or platform.machine()
   try:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -128,9 +145,12 @@ def machine() -> str:
         break
   except OSError:
     pass
+  jax_device = jax.devices()[0]
+  torch_on = (f"{torch.cuda.get_device_name()}, TF32 matmuls and convolutions"
+              if torch_device == "cuda" else f"{torch.get_num_threads()} threads")
   return (f"{os.cpu_count()} CPU cores ({cpu}), {platform.system()}; "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads); "
+          f"jax {jax.__version__} on {jax_device.platform} ({jax_device.device_kind}), "
+          f"torch {torch.__version__} on {torch_device} ({torch_on}); "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
 
@@ -139,45 +159,60 @@ def main() -> None:
   parser.add_argument("--configs", default=",".join(TWINS))
   parser.add_argument("--steps", type=int, default=20, help="steps per round")
   parser.add_argument("--repeats", type=int, default=5, help="A/B rounds")
-  parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+  parser.add_argument("--torch_compile", action="store_true",
+                      help="also time the twins with torch.compile'd networks")
+  parser.add_argument("--out", default=None, help="default: benchmarks/"
+                      "RESULTS.md, or RESULTS_gpu.md when torch sees a GPU")
   args = parser.parse_args()
+  torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+  out = Path(args.out or ROOT / "benchmarks" / (
+      "RESULTS_gpu.md" if torch_device == "cuda" else "RESULTS.md"))
+  if torch_device == "cuda":
+    # XLA computes float32 dots and convolutions in TF32 on NVIDIA GPUs by
+    # default; PyTorch does so only for convolutions unless asked.
+    torch.set_float32_matmul_precision("high")
+  arms = ["PyTorch"] + (["torch.compile"] if args.torch_compile else [])
   rows = []
   for name in args.configs.split(","):
-    jax_run, compile_seconds, batch_size = jaxgen_stepper(name)
+    jax_run, compile_seconds, batch_size, flops = jaxgen_stepper(name)
     # Configs without a twin get jaxgen's numbers alone.
-    torch_run = TWINS[name](name) if name in TWINS else None
-    jax_run(3)  # warm-up
-    if torch_run:
-      torch_run(3)
-    jax_times, torch_times = [], []
+    runs = {"jaxgen": jax_run}
+    if name in TWINS:
+      for arm in arms:
+        runs[arm] = TWINS[name](name, torch_device, arm == "torch.compile")
+    for run in runs.values():
+      run(3)  # warm-up (and torch.compile's compilation)
+    times = {arm: [] for arm in runs}
     for _ in range(args.repeats):
-      jax_times.append(seconds_per_step(jax_run, args.steps))
-      if torch_run:
-        torch_times.append(seconds_per_step(torch_run, args.steps))
-    jax_ms = 1000 * statistics.median(jax_times)
-    torch_ms = 1000 * statistics.median(torch_times) if torch_run else None
-    rows.append((name, batch_size, compile_seconds, jax_ms, torch_ms))
-    versus = (f", torch {torch_ms:.1f} ms/step, ratio {torch_ms / jax_ms:.2f}"
-              if torch_run else " (no twin)")
-    print(f"{name}: jaxgen {jax_ms:.1f} ms/step{versus}", flush=True)
+      for arm, run in runs.items():
+        times[arm].append(seconds_per_step(run, args.steps))
+    ms = {arm: 1000 * statistics.median(t) for arm, t in times.items()}
+    rows.append((name, batch_size, compile_seconds, flops, ms))
+    print(f"{name}: " + ", ".join(
+        f"{arm} {t:.2f} ms/step" for arm, t in ms.items()), flush=True)
   lines = [
       "# Train-step speed: jaxgen vs PyTorch twin",
       "",
-      f"Machine: {machine()}.",
+      f"Machine: {machine(torch_device)}.",
       f"Run {datetime.date.today()}: `python benchmarks/speed.py --configs="
-      f"{args.configs} --steps={args.steps} --repeats={args.repeats}`; medians "
-      "of the A/B rounds after warm-up.",
+      f"{args.configs} --steps={args.steps} --repeats={args.repeats}"
+      f"{' --torch_compile' if args.torch_compile else ''}`; medians of the "
+      "A/B rounds after warm-up. TFLOP/s: XLA's operation count of jaxgen's "
+      "compiled step over its time.",
       "",
-      "| config | batch | jaxgen compile (s) | jaxgen ms/step | PyTorch ms/step "
-      "| jaxgen img/s | PyTorch img/s | ratio (jaxgen/PyTorch speed) |",
-      "|---|---|---|---|---|---|---|---|",
+      "| config | batch | jaxgen compile (s) | jaxgen ms/step | jaxgen img/s "
+      "| jaxgen TFLOP/s | " + " | ".join(
+          f"{arm} ms/step | ratio (jaxgen/{arm} speed)" for arm in arms) + " |",
+      "|---|---|---|---|---|---|" + "---|---|" * len(arms),
   ]
-  for name, b, comp, jms, tms in rows:
-    torch_cells = (f"{tms:.1f} | {1000 * b / jms:.0f} | {1000 * b / tms:.0f} | "
-                   f"**{tms / jms:.2f}**" if tms is not None else
-                   f"no twin | {1000 * b / jms:.0f} | | ")
-    lines.append(f"| {name} | {b} | {comp:.1f} | {jms:.1f} | {torch_cells} |")
-  Path(args.out).write_text("\n".join(lines) + "\n")
+  for name, b, comp, flops, ms in rows:
+    jms = ms["jaxgen"]
+    tflops = f"{flops / jms / 1e9:.2f}" if flops else "n/a"
+    cells = [f"{ms[arm]:.2f} | **{ms[arm] / jms:.2f}**" if arm in ms
+             else "no twin | " for arm in arms]
+    lines.append(f"| {name} | {b} | {comp:.1f} | {jms:.2f} | {1000 * b / jms:.0f} "
+                 f"| {tflops} | " + " | ".join(cells) + " |")
+  out.write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
 
 

@@ -82,26 +82,33 @@ class Discriminator(nn.Sequential):
 class DCGAN:
   """Networks, optimizers and the train step."""
 
-  def __init__(self, dataset: str, seed: int = 0):
+  def __init__(self, dataset: str, seed: int = 0, device: str = "cpu",
+               compile_nets: bool = False):
+    """compile_nets: wrap both networks in torch.compile (the optimizer steps
+    stay eager)."""
     torch.manual_seed(seed)
     c = CONFIGS[dataset]
     self.latent_dim = c["latent_dim"]
     self.batch_size = c["batch_size"]
-    self.gen = Generator(c["image_shape"], c["latent_dim"], c["gen_widths"])
-    self.disc = Discriminator(c["image_shape"], c["disc_widths"])
+    self.device = torch.device(device)
+    self.gen = Generator(c["image_shape"], c["latent_dim"], c["gen_widths"]).to(self.device)
+    self.disc = Discriminator(c["image_shape"], c["disc_widths"]).to(self.device)
     self.gen_opt = torch.optim.Adam(self.gen.parameters(), 2e-4, betas=(0.5, 0.999))
     self.disc_opt = torch.optim.Adam(self.disc.parameters(), 2e-4, betas=(0.5, 0.999))
+    if compile_nets:
+      self.gen, self.disc = torch.compile(self.gen), torch.compile(self.disc)
 
   def train_step(self, real_BCHW: torch.Tensor) -> dict[str, float]:
     """real_BCHW in [-1, 1]. Returns the losses as tensors (no host sync)."""
     b = real_BCHW.shape[0]
-    fake = self.gen(torch.randn(b, self.latent_dim)).detach()
+    fake = self.gen(torch.randn(b, self.latent_dim, device=self.device)).detach()
     disc_loss = (F.softplus(-self.disc(real_BCHW)).mean()
                  + F.softplus(self.disc(fake)).mean())
     self.disc_opt.zero_grad(set_to_none=True)
     disc_loss.backward()
     self.disc_opt.step()
-    gen_loss = F.softplus(-self.disc(self.gen(torch.randn(b, self.latent_dim)))).mean()
+    z = torch.randn(b, self.latent_dim, device=self.device)
+    gen_loss = F.softplus(-self.disc(self.gen(z))).mean()
     self.gen_opt.zero_grad(set_to_none=True)
     gen_loss.backward()
     self.gen_opt.step()
@@ -115,8 +122,9 @@ class DCGAN:
     out = []
     for start in range(0, num, chunk):
       z = torch.randn(min(chunk, num - start), self.latent_dim, generator=generator)
-      x = (self.gen(z) + 1.0) / 2.0
-      out.append(np.round(x.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8))
+      x = (self.gen(z.to(self.device)) + 1.0) / 2.0
+      out.append(np.round(x.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255
+                          ).astype(np.uint8))
     self.gen.train()
     return np.concatenate(out)
 

@@ -254,9 +254,11 @@ class AutoencoderTwin:
 
   def __init__(self, config: Any, image_shape: tuple[int, int, int],
                num_classes: int, seed: int = 0, dtype: torch.dtype = torch.float32,
-               schedule_fn: Callable[[int], float] | None = None):
+               schedule_fn: Callable[[int], float] | None = None,
+               device: str = "cpu", compile_nets: bool = False):
     """schedule_fn(step) -> learning rate; default: jaxgen's schedule of the
-    config (learning_rate)."""
+    config (learning_rate). compile_nets: encoder and decoder through
+    torch.compile (loss, clipping and the optimizer stay eager)."""
     require_supported(config)
     torch.manual_seed(seed)
     m = config.model
@@ -279,9 +281,11 @@ class AutoencoderTwin:
     self.decoder = Decoder(image_shape, m.latent_dim + extra,
                            tuple(m.decoder_widths), m.hidden, image_shape[2],
                            m.res_blocks)
-    self.encoder.to(dtype)
-    self.decoder.to(dtype)
+    self.encoder.to(device, dtype)
+    self.decoder.to(device, dtype)
     self.params = [*self.encoder.parameters(), *self.decoder.parameters()]
+    if compile_nets:
+      self.encoder, self.decoder = torch.compile(self.encoder), torch.compile(self.decoder)
     if schedule_fn is None:
       schedule_fn = lambda step: learning_rate(config.optimizer,
                                                config.train.num_steps, step)
@@ -350,7 +354,8 @@ class AutoencoderTwin:
                  ) -> dict[str, torch.Tensor]:
     """jaxgen's train_step: fresh binarization and posterior noise, one update."""
     x01 = self.to_pixels(images_u8_BCHW)
-    eps = (torch.randn(x01.shape[0], self.latent_dim, dtype=x01.dtype)
+    eps = (torch.randn(x01.shape[0], self.latent_dim, dtype=x01.dtype,
+                       device=x01.device)
            if self.variational else None)
     return self.update(x01, labels_B, eps)
 
