@@ -5,6 +5,7 @@
     python benchmarks/speed.py --configs=dcgan_mnist --repeats=7
     python benchmarks/speed.py --configs=vae_mnist --steps=3 --repeats=1 --out=/tmp/trial.md
     python benchmarks/speed.py --steps=50 --torch_compile    # on a GPU machine
+    python benchmarks/speed.py --configs=ddpm_cifar10:paper --set model.compute_dtype=bfloat16
 
 For each config: jaxgen's compile time, then `--repeats` rounds that alternate
 A/B (jaxgen `--steps` steps, then PyTorch `--steps` steps of the identical
@@ -71,8 +72,8 @@ def step_flops(lowered) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
-def jaxgen_stepper(name: str):
-  config = torch_vae.get_config(name)
+def jaxgen_stepper(name: str, overrides: list[str]):
+  config = torch_vae.get_config(name, overrides)
   spec = data.SPECS[config.data.name]
   family = make_family(config, spec)
   b = config.train.batch_size
@@ -159,6 +160,9 @@ def main() -> None:
   parser.add_argument("--configs", default=",".join(TWINS))
   parser.add_argument("--steps", type=int, default=20, help="steps per round")
   parser.add_argument("--repeats", type=int, default=5, help="A/B rounds")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override for jaxgen's side, e.g. "
+                      "model.compute_dtype=bfloat16 (repeatable)")
   parser.add_argument("--torch_compile", action="store_true",
                       help="also time the twins with torch.compile'd networks")
   parser.add_argument("--out", default=None, help="default: benchmarks/"
@@ -174,10 +178,11 @@ def main() -> None:
   arms = ["PyTorch"] + (["torch.compile"] if args.torch_compile else [])
   rows = []
   for name in args.configs.split(","):
-    jax_run, compile_seconds, batch_size, flops = jaxgen_stepper(name)
-    # Configs without a twin get jaxgen's numbers alone.
+    jax_run, compile_seconds, batch_size, flops = jaxgen_stepper(name, args.set)
+    # Configs without a twin get jaxgen's numbers alone, as do overrides,
+    # which the twins do not follow.
     runs = {"jaxgen": jax_run}
-    if name in TWINS:
+    if name in TWINS and not args.set:
       for arm in arms:
         runs[arm] = TWINS[name](name, torch_device, arm == "torch.compile")
     for run in runs.values():
@@ -196,9 +201,10 @@ def main() -> None:
       f"Machine: {machine(torch_device)}.",
       f"Run {datetime.date.today()}: `python benchmarks/speed.py --configs="
       f"{args.configs} --steps={args.steps} --repeats={args.repeats}"
-      f"{' --torch_compile' if args.torch_compile else ''}`; medians of the "
+      + "".join(f" --set {item}" for item in args.set)
+      + f"{' --torch_compile' if args.torch_compile else ''}`; medians of the "
       "A/B rounds after warm-up. TFLOP/s: XLA's operation count of jaxgen's "
-      "compiled step over its time.",
+      "step (its HLO before backend passes) over its time.",
       "",
       "| config | batch | jaxgen compile (s) | jaxgen ms/step | jaxgen img/s "
       "| jaxgen TFLOP/s | " + " | ".join(

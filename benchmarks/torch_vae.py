@@ -455,6 +455,8 @@ def get_config(name: str, overrides: list[str] = ()) -> Any:
     node = config
     for part in parents:
       node = node[part]
+    if leaf not in node:  # a misspelt override must not pass unnoticed
+      raise ValueError(f"{path}: {name}'s config has no such key")
     node[leaf] = value
   return config
 

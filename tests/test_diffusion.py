@@ -170,6 +170,34 @@ def test_conditional_prediction_depends_on_the_label():
   assert np.max(np.abs(other[1] - same[1])) > 1e-3
 
 
+def test_bfloat16_compute_keeps_float32_params_and_output():
+  kwargs = dict(base_width=8, width_multipliers=(1, 2), blocks_per_level=1,
+                attention_resolutions=(4,))
+  net32, net16 = UNet(**kwargs), UNet(**kwargs, dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
+  t = jnp.array([3, 40])
+  params = net16.init(jax.random.PRNGKey(1), x, t)
+  assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+  params = jax.tree.map(lambda p: p + 0.05, params)  # off the zero output conv
+  out32 = jax.jit(net32.apply)(params, x, t)
+  out16 = jax.jit(net16.apply)(params, x, t)
+  assert out16.dtype == jnp.float32
+  # bfloat16 keeps 8 bits of mantissa: close to float32, and not equal to it.
+  rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
+  assert 1e-4 < rel < 3e-2, rel
+  convs = [e for e in jax.make_jaxpr(net16.apply)(params, x, t).jaxpr.eqns
+           if e.primitive.name == "conv_general_dilated"]
+  assert convs and all(v.aval.dtype == jnp.bfloat16 for e in convs for v in e.invars)
+
+
+def test_bfloat16_step_is_deterministic_and_learns(mnist, tmp_path):
+  config = ddpm_mnist.get_config("smoke")
+  config.model.compute_dtype = "bfloat16"
+  config.optimizer.learning_rate = 3e-3
+  s, batch = setup_and_batch(config, mnist, tmp_path, n=16, split="test")
+  check_step_is_deterministic_and_learns(s, batch, num_steps=12, ratio=0.9)
+
+
 def test_bound_estimate_is_unbiased_for_the_exact_sum(mnist, tmp_path):
   config = ddpm_mnist.get_config("smoke")
   config.model.num_timesteps = 8
@@ -268,6 +296,7 @@ def test_cifar10_config_sizes(arg, millions, cifar10, tmp_path):
     ({"model.bound_timesteps": 3}, "model.bound_timesteps"),   # 20 % 3 != 0
     ({"model.sample_steps": 50}, "model.sample_steps"),        # > T = 20
     ({"model.objective": "score"}, "model.objective"),
+    ({"model.compute_dtype": "float16"}, "model.compute_dtype"),
     ({"model.guidance_scale": 1.0}, "model.guidance_scale"),   # unconditional
     ({"model.width_multipliers": (1, 2, 2, 2)}, "model.width_multipliers"),
 ])

@@ -56,6 +56,7 @@ SCHEDULES = ("linear", "cosine")
 OBJECTIVES = ("eps", "x0", "v")
 SAMPLERS = ("ddpm", "ddim")
 VARIANCES = ("small", "large")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 # Step counts of the views' side-by-side row of samples (DDIM, eta = 0).
 VIEW_STEP_COUNTS = (10, 50, 250, 1000)
 # Columns of the denoising-trajectory view (x_T ... x_0).
@@ -92,6 +93,9 @@ def add_model_config(config: ConfigDict) -> None:
   m.label_dropout = 0.1           # classifier-free guidance training
   m.guidance_scale = 0.0
   m.bound_timesteps = 10          # eval: K stratified timesteps; 0 = all T
+  # The U-Net's compute dtype ("float32" | "bfloat16": GPU/TPU tensor units);
+  # params, optimizer state and loss stay float32.
+  m.compute_dtype = "float32"
 
 
 def diffusion_config(dataset: str, options: set[str]) -> ConfigDict:
@@ -138,6 +142,7 @@ def validate(config: ConfigDict, spec: DatasetSpec) -> None:
   configlib.require_one_of(config, "model.objective", OBJECTIVES)
   configlib.require_one_of(config, "model.sampler", SAMPLERS)
   configlib.require_one_of(config, "model.variance", VARIANCES)
+  configlib.require_one_of(config, "model.compute_dtype", COMPUTE_DTYPES)
   configlib.require_widths(config, "model.width_multipliers")
   configlib.require_positive(config, "model.base_width", "model.blocks_per_level",
                              "model.num_timesteps", "model.sample_steps",
@@ -326,7 +331,8 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
   net = UNet(base_width=m.base_width, width_multipliers=tuple(m.width_multipliers),
              blocks_per_level=m.blocks_per_level,
              attention_resolutions=tuple(m.attention_resolutions),
-             dropout=m.dropout, num_classes=num_classes, patch_size=m.patch_size)
+             dropout=m.dropout, num_classes=num_classes, patch_size=m.patch_size,
+             dtype=jnp.dtype(m.compute_dtype))
   sched = make_schedule(noise_schedule(m.schedule, m.num_timesteps))
   num_t = int(m.num_timesteps)
   objective, variance = m.objective, m.variance

@@ -14,12 +14,16 @@ resampling conv at the coarse resolution: down is a 2x2 average pool then a
 3x3 conv, up is a 3x3 conv then nearest-neighbour repetition. The kernels are
 the paper's (same parameter count); the paper convolves at the fine side,
 which costs 4x the FLOPs there.
+
+`dtype` is the compute dtype (bfloat16 for GPU/TPU tensor units): layers cast
+their float32 params to it, group norm reduces in float32, attention's softmax
+runs in float32, and the output comes back as float32 for the loss.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -38,12 +42,12 @@ def timestep_embedding(t_B: jax.Array, dim: int, max_period: float = 10_000.0
   return jnp.pad(emb, ((0, 0), (0, dim % 2)))
 
 
-def _group_norm(width: int) -> nn.GroupNorm:
+def _group_norm(width: int, dtype: Any) -> nn.GroupNorm:
   # 32 groups as in the paper, fewer for the narrow CPU-sized nets, and never
   # one channel per group: the time (and label) embedding enters as a shift
   # per channel, which a one-channel group's normalisation would erase.
   groups = math.gcd(min(32, max(width // 4, 1)), width)
-  return nn.GroupNorm(num_groups=groups)
+  return nn.GroupNorm(num_groups=groups, dtype=dtype)
 
 
 class ResnetBlock(nn.Module):
@@ -51,31 +55,37 @@ class ResnetBlock(nn.Module):
   dropout-conv, with a 1x1 skip projection when the width changes."""
   width: int
   dropout: float
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BHWC, emb_BE, train: bool):
-    h = nn.Conv(self.width, (3, 3))(nn.swish(_group_norm(x_BHWC.shape[-1])(x_BHWC)))
-    h = h + nn.Dense(self.width)(nn.swish(emb_BE))[:, None, None, :]
-    h = nn.swish(_group_norm(self.width)(h))
+    dt = self.dtype
+    h = nn.Conv(self.width, (3, 3), dtype=dt)(
+        nn.swish(_group_norm(x_BHWC.shape[-1], dt)(x_BHWC)))
+    h = h + nn.Dense(self.width, dtype=dt)(nn.swish(emb_BE))[:, None, None, :]
+    h = nn.swish(_group_norm(self.width, dt)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     # Zero-initialised last conv: each block starts as the identity.
-    h = nn.Conv(self.width, (3, 3), kernel_init=nn.initializers.zeros)(h)
+    h = nn.Conv(self.width, (3, 3), kernel_init=nn.initializers.zeros, dtype=dt)(h)
     if x_BHWC.shape[-1] != self.width:
-      x_BHWC = nn.Conv(self.width, (1, 1))(x_BHWC)
+      x_BHWC = nn.Conv(self.width, (1, 1), dtype=dt)(x_BHWC)
     return x_BHWC + h
 
 
 class AttentionBlock(nn.Module):
   """Single-head self-attention over the H*W positions, residual."""
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BHWC):
     b, h, w, c = x_BHWC.shape
-    qkv = nn.Dense(3 * c)(_group_norm(c)(x_BHWC)).reshape(b, h * w, 3, c)
+    dt = self.dtype
+    qkv = nn.Dense(3 * c, dtype=dt)(_group_norm(c, dt)(x_BHWC)).reshape(b, h * w, 3, c)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    weights = jax.nn.softmax(jnp.einsum("bqc,bkc->bqk", q, k) / math.sqrt(c), -1)
+    logits = jnp.einsum("bqc,bkc->bqk", q, k).astype(jnp.float32) / math.sqrt(c)
+    weights = jax.nn.softmax(logits, -1).astype(dt)
     out = jnp.einsum("bqk,bkc->bqc", weights, v).reshape(b, h, w, c)
-    return x_BHWC + nn.Dense(c, kernel_init=nn.initializers.zeros)(out)
+    return x_BHWC + nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=dt)(out)
 
 
 class UNet(nn.Module):
@@ -94,25 +104,28 @@ class UNet(nn.Module):
   # > 1: the net runs on patch x patch blocks folded into channels
   # (space_to_depth), 1/patch^2 of the FLOPs; what makes MNIST trainable on CPU.
   patch_size: int = 1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, t_B: jax.Array,
                label_B: jax.Array | None = None, train: bool = False) -> jax.Array:
+    dt = self.dtype
     emb_dim = 4 * self.base_width
     emb = timestep_embedding(t_B, self.base_width)
-    emb = nn.Dense(emb_dim)(nn.swish(nn.Dense(emb_dim)(emb)))
+    emb = nn.Dense(emb_dim, dtype=dt)(nn.swish(nn.Dense(emb_dim, dtype=dt)(emb)))
     if self.num_classes:
       if label_B is None:
         raise ValueError("a class-conditional U-Net needs labels "
                          f"(0..{self.num_classes}, {self.num_classes} = none)")
-      emb = emb + nn.Embed(self.num_classes + 1, emb_dim)(label_B)
+      emb = emb + nn.Embed(self.num_classes + 1, emb_dim, dtype=dt)(label_B)
 
     def block(h, width):
-      h = ResnetBlock(width, self.dropout)(h, emb, train)
-      return AttentionBlock()(h) if h.shape[1] in self.attention_resolutions else h
+      h = ResnetBlock(width, self.dropout, dt)(h, emb, train)
+      return (AttentionBlock(dt)(h) if h.shape[1] in self.attention_resolutions
+              else h)
 
     x = space_to_depth(x_BHWC, self.patch_size) if self.patch_size > 1 else x_BHWC
-    h = nn.Conv(self.base_width, (3, 3))(x)
+    h = nn.Conv(self.base_width, (3, 3), dtype=dt)(x)
     skips = [h]
     levels = len(self.width_multipliers)
     for level, mult in enumerate(self.width_multipliers):
@@ -121,20 +134,21 @@ class UNet(nn.Module):
         skips.append(h)
       if level < levels - 1:
         h = nn.avg_pool(h, (2, 2), strides=(2, 2))
-        h = nn.Conv(h.shape[-1], (3, 3))(h)
+        h = nn.Conv(h.shape[-1], (3, 3), dtype=dt)(h)
         skips.append(h)
 
-    h = ResnetBlock(h.shape[-1], self.dropout)(h, emb, train)
-    h = AttentionBlock()(h)
-    h = ResnetBlock(h.shape[-1], self.dropout)(h, emb, train)
+    h = ResnetBlock(h.shape[-1], self.dropout, dt)(h, emb, train)
+    h = AttentionBlock(dt)(h)
+    h = ResnetBlock(h.shape[-1], self.dropout, dt)(h, emb, train)
 
     for level, mult in reversed(list(enumerate(self.width_multipliers))):
       for _ in range(self.blocks_per_level + 1):
         h = block(jnp.concatenate([h, skips.pop()], -1), self.base_width * mult)
       if level > 0:
-        h = nn.Conv(h.shape[-1], (3, 3))(h)
+        h = nn.Conv(h.shape[-1], (3, 3), dtype=dt)(h)
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
     assert not skips
-    h = nn.swish(_group_norm(h.shape[-1])(h))
-    out = nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros)(h)
+    h = nn.swish(_group_norm(h.shape[-1], dt)(h))
+    out = nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros,
+                  dtype=dt)(h).astype(jnp.float32)
     return depth_to_space(out, self.patch_size) if self.patch_size > 1 else out
