@@ -9,9 +9,11 @@
 
 For each config: jaxgen's compile time, then `--repeats` rounds that alternate
 A/B (jaxgen `--steps` steps, then PyTorch `--steps` steps of the identical
-network, loss and optimizer), after warm-up; the table gives medians over the
-rounds, the ratio jaxgen/PyTorch in steps per second (> 1: jaxgen faster), and
-is written to benchmarks/RESULTS.md with the machine it ran on. Random uint8
+network, loss and optimizer; then `--sample_calls` calls of each side's
+sample() at `--sample_batch` images), after warm-up; the tables give medians
+over the rounds, the ratio jaxgen/PyTorch in steps (images) per second (> 1:
+jaxgen faster), and are written to benchmarks/RESULTS.md with the machine it
+ran on. Random uint8
 batches of the config's batch size: the data pipeline is not timed.
 
 Configs without a twin (`--configs=glow_cifar10,ddpm_mnist`) get jaxgen's
@@ -72,7 +74,9 @@ def step_flops(lowered) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
-def jaxgen_stepper(name: str, overrides: list[str]):
+def jaxgen_stepper(name: str, overrides: list[str], sample_batch: int):
+  """(train-step runner, sample() runner or None, compile seconds, batch size,
+  FLOPs per step); a runner does n calls and waits for the last."""
   config = torch_vae.get_config(name, overrides)
   spec = data.SPECS[config.data.name]
   family = make_family(config, spec)
@@ -92,10 +96,26 @@ def jaxgen_stepper(name: str, overrides: list[str]):
       holder["state"], metrics = step(holder["state"], batch, jax.random.PRNGKey(i))
     jax.block_until_ready(metrics)
 
-  return run, compile_seconds, b, step_flops(lowered)
+  draw = jax.jit(lambda state, key: family.sample(state, key, sample_batch))
+
+  def sample_run(n: int) -> None:
+    images = None
+    for i in range(n):
+      images = draw(holder["state"], jax.random.PRNGKey(i))
+    jax.block_until_ready(images)
+
+  has_sample = family.sample is not None and sample_batch > 0
+  return (run, sample_run if has_sample else None, compile_seconds, b,
+          step_flops(lowered))
 
 
-def torch_dcgan_stepper(name: str, device: str, compile_nets: bool):
+def torch_sync(x: torch.Tensor) -> None:
+  x.reshape(-1)[0].item()
+
+
+def torch_dcgan_stepper(name: str, device: str, compile_nets: bool,
+                        sample_batch: int):
+  """(train-step runner, sampling runner), as jaxgen_stepper's."""
   dataset = {"dcgan_mnist": "mnist", "dcgan_cifar10": "cifar10"}[name]
   model = torch_dcgan.DCGAN(dataset, device=device, compile_nets=compile_nets)
   h, w, c = torch_dcgan.CONFIGS[dataset]["image_shape"]
@@ -104,12 +124,18 @@ def torch_dcgan_stepper(name: str, device: str, compile_nets: bool):
   def run(n: int) -> None:
     for _ in range(n):
       losses = model.train_step(real)
-    float(losses["disc_loss"])  # sync
+    torch_sync(losses["disc_loss"])
 
-  return run
+  def sample_run(n: int) -> None:
+    for _ in range(n):
+      images = model.generate(torch.randn(sample_batch, model.latent_dim, device=device))
+    torch_sync(images)
+
+  return run, sample_run
 
 
-def torch_vae_stepper(name: str, device: str, compile_nets: bool):
+def torch_vae_stepper(name: str, device: str, compile_nets: bool,
+                      sample_batch: int):
   config = torch_vae.get_config(name)
   spec = data.SPECS[config.data.name]
   twin = torch_vae.AutoencoderTwin(config, spec.image_shape, spec.num_classes,
@@ -121,9 +147,14 @@ def torch_vae_stepper(name: str, device: str, compile_nets: bool):
   def run(n: int) -> None:
     for _ in range(n):
       metrics = twin.train_step(images, labels)
-    float(metrics["loss"])  # sync
+    torch_sync(metrics["loss"])
 
-  return run
+  def sample_run(n: int) -> None:
+    for _ in range(n):
+      samples = twin.sample(sample_batch)
+    torch_sync(samples)
+
+  return run, sample_run if twin.variational else None
 
 
 TWINS = {"dcgan_mnist": torch_dcgan_stepper, "dcgan_cifar10": torch_dcgan_stepper,
@@ -163,6 +194,10 @@ def main() -> None:
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="config override for jaxgen's side, e.g. "
                       "model.compute_dtype=bfloat16 (repeatable)")
+  parser.add_argument("--sample_batch", type=int, default=1000,
+                      help="images per sample() call (0: no sampling table)")
+  parser.add_argument("--sample_calls", type=int, default=3,
+                      help="sample() calls per round")
   parser.add_argument("--torch_compile", action="store_true",
                       help="also time the twins with torch.compile'd networks")
   parser.add_argument("--out", default=None, help="default: benchmarks/"
@@ -176,23 +211,34 @@ def main() -> None:
     # default; PyTorch does so only for convolutions unless asked.
     torch.set_float32_matmul_precision("high")
   arms = ["PyTorch"] + (["torch.compile"] if args.torch_compile else [])
-  rows = []
+  rows, sample_rows = [], []
   for name in args.configs.split(","):
-    jax_run, compile_seconds, batch_size, flops = jaxgen_stepper(name, args.set)
+    jax_run, jax_sample, compile_seconds, batch_size, flops = jaxgen_stepper(
+        name, args.set, args.sample_batch)
     # Configs without a twin get jaxgen's numbers alone, as do overrides,
-    # which the twins do not follow.
-    runs = {"jaxgen": jax_run}
+    # which the twins do not follow. Sampling: jaxgen vs eager PyTorch.
+    runs, samplers = {"jaxgen": jax_run}, {"jaxgen": jax_sample}
     if name in TWINS and not args.set:
       for arm in arms:
-        runs[arm] = TWINS[name](name, torch_device, arm == "torch.compile")
-    for run in runs.values():
-      run(3)  # warm-up (and torch.compile's compilation)
+        runs[arm], twin_sample = TWINS[name](name, torch_device,
+                                             arm == "torch.compile", args.sample_batch)
+        if arm == "PyTorch":
+          samplers[arm] = twin_sample
+    samplers = {arm: run for arm, run in samplers.items() if run is not None}
+    for run in [*runs.values(), *samplers.values()]:
+      run(2)  # warm-up (and compilation)
     times = {arm: [] for arm in runs}
+    sample_times = {arm: [] for arm in samplers}
     for _ in range(args.repeats):
       for arm, run in runs.items():
         times[arm].append(seconds_per_step(run, args.steps))
+      for arm, run in samplers.items():
+        sample_times[arm].append(seconds_per_step(run, args.sample_calls))
     ms = {arm: 1000 * statistics.median(t) for arm, t in times.items()}
     rows.append((name, batch_size, compile_seconds, flops, ms))
+    if sample_times:
+      sample_rows.append((name, {arm: args.sample_batch / statistics.median(t)
+                                 for arm, t in sample_times.items()}))
     print(f"{name}: " + ", ".join(
         f"{arm} {t:.2f} ms/step" for arm, t in ms.items()), flush=True)
   lines = [
@@ -202,6 +248,7 @@ def main() -> None:
       f"Run {datetime.date.today()}: `python benchmarks/speed.py --configs="
       f"{args.configs} --steps={args.steps} --repeats={args.repeats}"
       + "".join(f" --set {item}" for item in args.set)
+      + f" --sample_batch={args.sample_batch} --sample_calls={args.sample_calls}"
       + f"{' --torch_compile' if args.torch_compile else ''}`; medians of the "
       "A/B rounds after warm-up. TFLOP/s: XLA's operation count of jaxgen's "
       "step (its HLO before backend passes) over its time.",
@@ -218,6 +265,16 @@ def main() -> None:
              else "no twin | " for arm in arms]
     lines.append(f"| {name} | {b} | {comp:.1f} | {jms:.2f} | {1000 * b / jms:.0f} "
                  f"| {tflops} | " + " | ".join(cells) + " |")
+  if sample_rows:
+    lines += ["", f"Sampling: images/s of `sample()` (the twins' same function: "
+              f"G(z), or the decoder means of z ~ N(0, I)) at {args.sample_batch} "
+              f"images per call, {args.sample_calls} calls per round.", "",
+              "| config | jaxgen img/s | PyTorch img/s | ratio (jaxgen/PyTorch speed) |",
+              "|---|---|---|---|"]
+    for name, per_second in sample_rows:
+      jps, tps = per_second["jaxgen"], per_second.get("PyTorch")
+      lines.append(f"| {name} | {jps:.0f} | " + (
+          f"{tps:.0f} | **{jps / tps:.2f}** |" if tps else "no twin | |"))
   out.write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
 

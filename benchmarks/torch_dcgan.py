@@ -115,17 +115,23 @@ class DCGAN:
     return {"disc_loss": disc_loss.detach(), "gen_loss": gen_loss.detach()}
 
   @torch.no_grad()
-  def sample(self, num: int, seed: int, chunk: int = 1000) -> np.ndarray:
-    """uint8 NHWC samples, in eval mode (running batch-norm statistics)."""
+  def generate(self, z_BL: torch.Tensor) -> torch.Tensor:
+    """G(z) in [0, 1], NCHW on the model's device, in eval mode (running
+    batch-norm statistics), as jaxgen's sample()."""
     self.gen.eval()
+    x = (self.gen(z_BL.to(self.device)) + 1.0) / 2.0
+    self.gen.train()
+    return x
+
+  def sample(self, num: int, seed: int, chunk: int = 1000) -> np.ndarray:
+    """uint8 NHWC samples."""
     generator = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, num, chunk):
       z = torch.randn(min(chunk, num - start), self.latent_dim, generator=generator)
-      x = (self.gen(z.to(self.device)) + 1.0) / 2.0
+      x = self.generate(z)
       out.append(np.round(x.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255
                           ).astype(np.uint8))
-    self.gen.train()
     return np.concatenate(out)
 
 

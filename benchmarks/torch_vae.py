@@ -272,6 +272,7 @@ class AutoencoderTwin:
     self.grad_clip_norm = float(config.optimizer.grad_clip_norm)
     extra = num_classes if self.conditional else 0
     std = float(m.gaussian_std)
+    self.bernoulli = m.likelihood == "bernoulli"
     self.nll: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = (
         bernoulli_nll_nats if m.likelihood == "bernoulli"
         else lambda out, x01: gaussian_nll_nats(out, x01, std))
@@ -358,6 +359,18 @@ class AutoencoderTwin:
                        device=x01.device)
            if self.variational else None)
     return self.update(x01, labels_B, eps)
+
+  @torch.no_grad()
+  def sample(self, num: int) -> torch.Tensor:
+    """jaxgen's VAE sample(): decoder means of z ~ N(0, I), for labels 0, 1,
+    ..., 9, 0, ... when conditional; NCHW in [0, 1]."""
+    p = self.params[0]
+    z_BL = torch.randn(num, self.latent_dim, dtype=p.dtype, device=p.device)
+    if self.conditional:
+      labels = torch.arange(num, device=p.device) % self.num_classes
+      z_BL = torch.cat([z_BL, F.one_hot(labels, self.num_classes).to(p.dtype)], -1)
+    out = self.decoder(z_BL)
+    return torch.sigmoid(out) if self.bernoulli else out.clamp(0.0, 1.0)
 
   def flax_layout(self) -> dict[str, tuple[nn.Module, str, tuple[int, ...]]]:
     """Flax param path ("encoder/Conv_0") -> (twin layer, layout, map shape)."""
