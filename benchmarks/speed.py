@@ -186,61 +186,42 @@ def machine(torch_device: str) -> str:
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--configs", default=",".join(TWINS))
-  parser.add_argument("--steps", type=int, default=20, help="steps per round")
-  parser.add_argument("--repeats", type=int, default=5, help="A/B rounds")
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="config override for jaxgen's side, e.g. "
-                      "model.compute_dtype=bfloat16 (repeatable)")
-  parser.add_argument("--sample_batch", type=int, default=1000,
-                      help="images per sample() call (0: no sampling table)")
-  parser.add_argument("--sample_calls", type=int, default=3,
-                      help="sample() calls per round")
-  parser.add_argument("--torch_compile", action="store_true",
-                      help="also time the twins with torch.compile'd networks")
-  parser.add_argument("--out", default=None, help="default: benchmarks/"
-                      "RESULTS.md, or RESULTS_gpu.md when torch sees a GPU")
-  args = parser.parse_args()
-  torch_device = "cuda" if torch.cuda.is_available() else "cpu"
-  out = Path(args.out or ROOT / "benchmarks" / (
-      "RESULTS_gpu.md" if torch_device == "cuda" else "RESULTS.md"))
-  if torch_device == "cuda":
-    # XLA computes float32 dots and convolutions in TF32 on NVIDIA GPUs by
-    # default; PyTorch does so only for convolutions unless asked.
-    torch.set_float32_matmul_precision("high")
-  arms = ["PyTorch"] + (["torch.compile"] if args.torch_compile else [])
-  rows, sample_rows = [], []
-  for name in args.configs.split(","):
-    jax_run, jax_sample, compile_seconds, batch_size, flops = jaxgen_stepper(
-        name, args.set, args.sample_batch)
-    # Configs without a twin get jaxgen's numbers alone, as do overrides,
-    # which the twins do not follow. Sampling: jaxgen vs eager PyTorch.
-    runs, samplers = {"jaxgen": jax_run}, {"jaxgen": jax_sample}
-    if name in TWINS and not args.set:
-      for arm in arms:
-        runs[arm], twin_sample = TWINS[name](name, torch_device,
-                                             arm == "torch.compile", args.sample_batch)
-        if arm == "PyTorch":
-          samplers[arm] = twin_sample
-    samplers = {arm: run for arm, run in samplers.items() if run is not None}
-    for run in [*runs.values(), *samplers.values()]:
-      run(2)  # warm-up (and compilation)
-    times = {arm: [] for arm in runs}
-    sample_times = {arm: [] for arm in samplers}
-    for _ in range(args.repeats):
-      for arm, run in runs.items():
-        times[arm].append(seconds_per_step(run, args.steps))
-      for arm, run in samplers.items():
-        sample_times[arm].append(seconds_per_step(run, args.sample_calls))
-    ms = {arm: 1000 * statistics.median(t) for arm, t in times.items()}
-    rows.append((name, batch_size, compile_seconds, flops, ms))
-    if sample_times:
-      sample_rows.append((name, {arm: args.sample_batch / statistics.median(t)
-                                 for arm, t in sample_times.items()}))
-    print(f"{name}: " + ", ".join(
-        f"{arm} {t:.2f} ms/step" for arm, t in ms.items()), flush=True)
+def measure(name: str, args: argparse.Namespace, arms: list[str],
+            torch_device: str) -> tuple[tuple, dict[str, float]]:
+  """One config: (its train-step row, images/s of sample() per side)."""
+  jax_run, jax_sample, compile_seconds, batch_size, flops = jaxgen_stepper(
+      name, args.set, args.sample_batch)
+  # Configs without a twin get jaxgen's numbers alone, as do overrides,
+  # which the twins do not follow. Sampling: jaxgen vs eager PyTorch.
+  runs, samplers = {"jaxgen": jax_run}, {"jaxgen": jax_sample}
+  if name in TWINS and not args.set:
+    for arm in arms:
+      runs[arm], twin_sample = TWINS[name](name, torch_device,
+                                           arm == "torch.compile", args.sample_batch)
+      if arm == "PyTorch":
+        samplers[arm] = twin_sample
+  samplers = {arm: run for arm, run in samplers.items() if run is not None}
+  for run in [*runs.values(), *samplers.values()]:
+    run(2)  # warm-up (and compilation)
+  times = {arm: [] for arm in runs}
+  sample_times = {arm: [] for arm in samplers}
+  for _ in range(args.repeats):
+    for arm, run in runs.items():
+      times[arm].append(seconds_per_step(run, args.steps))
+    for arm, run in samplers.items():
+      sample_times[arm].append(seconds_per_step(run, args.sample_calls))
+  ms = {arm: 1000 * statistics.median(t) for arm, t in times.items()}
+  print(f"{name}: " + ", ".join(
+      f"{arm} {t:.2f} ms/step" for arm, t in ms.items()), flush=True)
+  per_second = {arm: args.sample_batch / statistics.median(t)
+                for arm, t in sample_times.items()}
+  return (name, batch_size, compile_seconds, flops, ms), per_second
+
+
+def render(args: argparse.Namespace, arms: list[str], torch_device: str,
+           rows: list[tuple], sample_rows: list[tuple[str, dict[str, float]]]
+           ) -> str:
+  """The markdown of RESULTS.md: the machine, the command, the tables."""
   lines = [
       "# Train-step speed: jaxgen vs PyTorch twin",
       "",
@@ -275,8 +256,43 @@ def main() -> None:
       jps, tps = per_second["jaxgen"], per_second.get("PyTorch")
       lines.append(f"| {name} | {jps:.0f} | " + (
           f"{tps:.0f} | **{jps / tps:.2f}** |" if tps else "no twin | |"))
-  out.write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--configs", default=",".join(TWINS))
+  parser.add_argument("--steps", type=int, default=20, help="steps per round")
+  parser.add_argument("--repeats", type=int, default=5, help="A/B rounds")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override for jaxgen's side, e.g. "
+                      "model.compute_dtype=bfloat16 (repeatable)")
+  parser.add_argument("--sample_batch", type=int, default=1000,
+                      help="images per sample() call (0: no sampling table)")
+  parser.add_argument("--sample_calls", type=int, default=3,
+                      help="sample() calls per round")
+  parser.add_argument("--torch_compile", action="store_true",
+                      help="also time the twins with torch.compile'd networks")
+  parser.add_argument("--out", default=None, help="default: benchmarks/"
+                      "RESULTS.md, or RESULTS_gpu.md when torch sees a GPU")
+  args = parser.parse_args()
+  torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+  out = Path(args.out or ROOT / "benchmarks" / (
+      "RESULTS_gpu.md" if torch_device == "cuda" else "RESULTS.md"))
+  if torch_device == "cuda":
+    # XLA computes float32 dots and convolutions in TF32 on NVIDIA GPUs by
+    # default; PyTorch does so only for convolutions unless asked.
+    torch.set_float32_matmul_precision("high")
+  arms = ["PyTorch"] + (["torch.compile"] if args.torch_compile else [])
+  rows, sample_rows = [], []
+  for name in args.configs.split(","):
+    row, per_second = measure(name, args, arms, torch_device)
+    rows.append(row)
+    if per_second:
+      sample_rows.append((name, per_second))
+  text = render(args, arms, torch_device, rows, sample_rows)
+  out.write_text(text)
+  print(text)
 
 
 if __name__ == "__main__":
