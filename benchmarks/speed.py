@@ -96,6 +96,9 @@ def jaxgen_stepper(name: str, overrides: list[str], sample_batch: int):
       holder["state"], metrics = step(holder["state"], batch, jax.random.PRNGKey(i))
     jax.block_until_ready(metrics)
 
+  flops = step_flops(lowered)
+  if family.sample is None or sample_batch <= 0:
+    return run, None, compile_seconds, b, flops
   draw = jax.jit(lambda state, key: family.sample(state, key, sample_batch))
 
   def sample_run(n: int) -> None:
@@ -104,9 +107,7 @@ def jaxgen_stepper(name: str, overrides: list[str], sample_batch: int):
       images = draw(holder["state"], jax.random.PRNGKey(i))
     jax.block_until_ready(images)
 
-  has_sample = family.sample is not None and sample_batch > 0
-  return (run, sample_run if has_sample else None, compile_seconds, b,
-          step_flops(lowered))
+  return run, sample_run, compile_seconds, b, flops
 
 
 def torch_sync(x: torch.Tensor) -> None:

@@ -274,7 +274,7 @@ class AutoencoderTwin:
     std = float(m.gaussian_std)
     self.bernoulli = m.likelihood == "bernoulli"
     self.nll: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = (
-        bernoulli_nll_nats if m.likelihood == "bernoulli"
+        bernoulli_nll_nats if self.bernoulli
         else lambda out, x01: gaussian_nll_nats(out, x01, std))
     self.encoder = Encoder(image_shape[:2], image_shape[2] + extra,
                            tuple(m.encoder_widths), m.hidden,
