@@ -160,6 +160,12 @@ def require_positive(config: ConfigDict, *paths: str, allow_zero: bool = False
     require(config, path, ok, "must be >= 0" if allow_zero else "must be > 0")
 
 
+# Compute dtypes of a family's networks (`model.compute_dtype`): bfloat16 for
+# GPU/TPU tensor units, with params, optimizer state, norm statistics and the
+# loss kept in float32.
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 def validate_base(config: ConfigDict) -> None:
   """Checks the fields of base_config(); families check their own."""
   from jaxgen import data  # pylint: disable=g-import-not-at-top

@@ -79,6 +79,25 @@ def smoke_classifier(mnist, tmp_path_factory):
   return result
 
 
+def check_bfloat16_compute(net32, net16, variables, *args, **kwargs) -> None:
+  """net16 is net32 with bfloat16 compute: on the same float32 variables its
+  output is float32, close to net32's and not equal to it (bfloat16 keeps 8
+  bits of mantissa), and every convolution and matmul takes bfloat16 operands."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+  apply32 = jax.jit(lambda v, *a: net32.apply(v, *a, **kwargs))
+  apply16 = jax.jit(lambda v, *a: net16.apply(v, *a, **kwargs))
+  out32, out16 = apply32(variables, *args), apply16(variables, *args)
+  assert out16.dtype == jnp.float32
+  rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
+  assert 1e-4 < rel < 3e-2, rel
+  products = [e for e in jax.make_jaxpr(
+      lambda v, *a: net16.apply(v, *a, **kwargs))(variables, *args).jaxpr.eqns
+              if e.primitive.name in ("conv_general_dilated", "dot_general")]
+  assert products and all(v.aval.dtype == jnp.bfloat16
+                          for e in products for v in e.invars)
+
+
 def setup_and_batch(config, dataset, tmp_path, n=32, split="train"):
   """A one-device Setup for `config` and its first n images of a split as a
   batch (test batches carry 'index' and 'mask', as evaluation's do)."""

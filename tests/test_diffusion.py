@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import (check_step_is_deterministic_and_learns, set_overrides,
-                      setup_and_batch, with_first_test_images)
+from conftest import (check_bfloat16_compute, check_step_is_deterministic_and_learns,
+                      set_overrides, setup_and_batch, with_first_test_images)
 from configs import ddpm_cifar10, ddpm_mnist
 from jaxgen import configlib, evaluate, likelihoods, sharding, train
 from jaxgen.models import count_params
@@ -179,15 +179,7 @@ def test_bfloat16_compute_keeps_float32_params_and_output():
   params = net16.init(jax.random.PRNGKey(1), x, t)
   assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
   params = jax.tree.map(lambda p: p + 0.05, params)  # off the zero output conv
-  out32 = jax.jit(net32.apply)(params, x, t)
-  out16 = jax.jit(net16.apply)(params, x, t)
-  assert out16.dtype == jnp.float32
-  # bfloat16 keeps 8 bits of mantissa: close to float32, and not equal to it.
-  rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
-  assert 1e-4 < rel < 3e-2, rel
-  convs = [e for e in jax.make_jaxpr(net16.apply)(params, x, t).jaxpr.eqns
-           if e.primitive.name == "conv_general_dilated"]
-  assert convs and all(v.aval.dtype == jnp.bfloat16 for e in convs for v in e.invars)
+  check_bfloat16_compute(net32, net16, params, x, t)
 
 
 def test_bfloat16_step_is_deterministic_and_learns(mnist, tmp_path):

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import set_overrides
+from conftest import check_bfloat16_compute, set_overrides
 from configs import cgan_cifar10, dcgan_cifar10, dcgan_mnist, sngan_cifar10
 from jaxgen import configlib, evaluate, sharding, train
 from jaxgen.models import gan
-from jaxgen.nets.gan import Discriminator
+from jaxgen.nets.gan import Discriminator, Generator
 
 CONFIGS = {"dcgan_mnist": dcgan_mnist, "dcgan_cifar10": dcgan_cifar10,
            "sngan_cifar10": sngan_cifar10, "cgan_cifar10": cgan_cifar10}
@@ -23,6 +23,10 @@ VARIANTS = {
     "strided": {"model.downsample": "strided", "model.ema_decay": 0.9},
     "no_norm_hinge": {"model.gen_norm": "none", "model.disc_norm": "none",
                       "model.loss": "hinge"},
+    "bfloat16": {"model.compute_dtype": "bfloat16", "model.spectral_norm": True,
+                 "model.conditional": True},
+    "bfloat16_wgan_gp": {"model.compute_dtype": "bfloat16", "model.loss": "wgan_gp",
+                         "model.disc_norm": "layer"},
 }
 
 
@@ -73,6 +77,24 @@ def test_smoke_step_is_deterministic_and_updates_both_networks(name, variant,
   images = jax.jit(lambda st: s.family.sample(st, key, 8))(first)
   assert images.shape == (8, *s.dataset.spec.image_shape)
   assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_bfloat16_generator_and_discriminator_keep_float32_params_and_output(norm):
+  z, label = jax.random.normal(jax.random.PRNGKey(0), (4, 16)), jnp.eye(10)[:4]
+  generator = dict(image_shape=(28, 28, 1), widths=(16, 8), norm=norm)
+  variables = Generator(**generator).init(jax.random.PRNGKey(1), z, label, train=False)
+  check_bfloat16_compute(Generator(**generator), Generator(**generator, dtype=jnp.bfloat16),
+                         variables, z, label, train=False)
+  images = jax.random.uniform(jax.random.PRNGKey(2), (4, 28, 28, 1)) * 2 - 1
+  labels = jnp.arange(4)
+  # Without spectral norm: its power iteration multiplies the float32 weights
+  # in float32, on purpose (the "bfloat16" variant above trains with it).
+  disc = dict(widths=(8, 16), norm=norm, num_classes=10)
+  variables = Discriminator(**disc).init(jax.random.PRNGKey(3), images, labels,
+                                         train=False)
+  check_bfloat16_compute(Discriminator(**disc), Discriminator(**disc, dtype=jnp.bfloat16),
+                         variables, images, labels, train=False)
 
 
 def test_each_update_changes_only_its_own_network(mnist, tmp_path):
@@ -191,6 +213,7 @@ def test_spectral_norm_estimate_matches_numpy_svd():
     ({"model.loss": "wasserstein"}, "model.loss"),
     ({"model.ema_decay": 1.0}, "model.ema_decay"),
     ({"data.binarize": "dynamic"}, "data.binarize"),
+    ({"model.compute_dtype": "float16"}, "model.compute_dtype"),
 ])
 def test_bad_gan_configs_name_the_key(overrides, key, mnist):
   config = smoke_config("dcgan_mnist", overrides)

@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import check_step_is_deterministic_and_learns
+from conftest import check_bfloat16_compute, check_step_is_deterministic_and_learns
 from configs import ae_mnist, cvae_cifar10, cvae_mnist, vae_cifar10, vae_mnist
 from jaxgen import configlib, evaluate, sharding, train
 from jaxgen.models import vae
+from jaxgen.nets.conv import ConvDecoder, ConvEncoder
 
 CONFIGS = {"ae_mnist": ae_mnist, "vae_mnist": vae_mnist, "cvae_mnist": cvae_mnist,
            "vae_cifar10": vae_cifar10, "cvae_cifar10": cvae_cifar10}
@@ -49,6 +50,31 @@ def test_smoke_step_is_deterministic_and_learns(name, datasets, tmp_path):
         rtol=1e-5)
 
 
+@pytest.mark.parametrize("res_blocks", [0, 1])
+def test_bfloat16_encoder_and_decoder_keep_float32_params_and_output(res_blocks):
+  images = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
+  encoder = dict(widths=(8, 16), hidden=32, num_outputs=6, res_blocks=res_blocks)
+  variables = ConvEncoder(**encoder).init(jax.random.PRNGKey(1), images)
+  check_bfloat16_compute(ConvEncoder(**encoder),
+                         ConvEncoder(**encoder, dtype=jnp.bfloat16), variables, images)
+  z, label = jax.random.normal(jax.random.PRNGKey(2), (4, 3)), jnp.eye(10)[:4]
+  decoder = dict(image_shape=(28, 28, 1), widths=(16, 8), hidden=32,
+                 res_blocks=res_blocks)
+  variables = ConvDecoder(**decoder).init(jax.random.PRNGKey(3), z, label)
+  check_bfloat16_compute(ConvDecoder(**decoder),
+                         ConvDecoder(**decoder, dtype=jnp.bfloat16), variables, z, label)
+
+
+@pytest.mark.parametrize("name", ["vae_mnist", "vae_cifar10"])
+def test_bfloat16_step_is_deterministic_and_learns(name, datasets, tmp_path):
+  dataset = datasets(name)
+  config = CONFIGS[name].get_config("smoke")
+  config.model.compute_dtype = "bfloat16"
+  config.optimizer.learning_rate = 3e-3
+  s = setup_for(config, dataset, tmp_path)
+  check_step_is_deterministic_and_learns(s, batch_of(dataset, s.mesh, 32, "train"))
+
+
 def test_ae_has_no_kl_no_sampler_and_scores_reconstruction(mnist, tmp_path):
   s = setup_for(ae_mnist.get_config("smoke"), mnist, tmp_path)
   assert s.family.name == "ae" and s.family.sample is None
@@ -76,6 +102,7 @@ def test_ae_has_no_kl_no_sampler_and_scores_reconstruction(mnist, tmp_path):
     ({"model.ar_context": 3, "model.ar_hidden": 0}, "model.ar_hidden"),
     ({"model.free_nats": -0.1}, "model.free_nats"),
     ({"model.free_nats": 0.5, "model.family": "ae"}, "model.free_nats"),
+    ({"model.compute_dtype": "float16"}, "model.compute_dtype"),
 ])
 def test_inconsistent_model_settings_name_the_key(override, key, mnist, tmp_path):
   config = vae_mnist.get_config("smoke")

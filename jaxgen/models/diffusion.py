@@ -56,7 +56,6 @@ SCHEDULES = ("linear", "cosine")
 OBJECTIVES = ("eps", "x0", "v")
 SAMPLERS = ("ddpm", "ddim")
 VARIANCES = ("small", "large")
-COMPUTE_DTYPES = ("float32", "bfloat16")
 # Step counts of the views' side-by-side row of samples (DDIM, eta = 0).
 VIEW_STEP_COUNTS = (10, 50, 250, 1000)
 # Columns of the denoising-trajectory view (x_T ... x_0).
@@ -142,7 +141,7 @@ def validate(config: ConfigDict, spec: DatasetSpec) -> None:
   configlib.require_one_of(config, "model.objective", OBJECTIVES)
   configlib.require_one_of(config, "model.sampler", SAMPLERS)
   configlib.require_one_of(config, "model.variance", VARIANCES)
-  configlib.require_one_of(config, "model.compute_dtype", COMPUTE_DTYPES)
+  configlib.require_one_of(config, "model.compute_dtype", configlib.COMPUTE_DTYPES)
   configlib.require_widths(config, "model.width_multipliers")
   configlib.require_positive(config, "model.base_width", "model.blocks_per_level",
                              "model.num_timesteps", "model.sample_steps",

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
-from jaxgen import configlib, optim
+from jaxgen import configlib, nets, optim
 from jaxgen.data import DatasetSpec
 from jaxgen.models import Batch, Family, Metrics
 from jaxgen.nets.gan import NORMS, Discriminator, Generator
@@ -69,6 +69,9 @@ def add_model_config(config: ConfigDict) -> None:
   m.ema_decay = 0.0               # > 0: sample from an EMA of G's weights
   m.ema_start = 0                 # EMA copies the weights until this step
   m.conditional = False           # labels into G (concatenated) and D (projection)
+  # G's and D's compute dtype ("float32" | "bfloat16": GPU/TPU tensor units);
+  # params, optimizer state, norm statistics and losses stay float32.
+  m.compute_dtype = "float32"
   config.optimizer.learning_rate = 2e-4
   config.optimizer.b1 = 0.5
   config.optimizer.b2 = 0.999
@@ -90,6 +93,7 @@ def validate(config: ConfigDict) -> None:
   configlib.require_one_of(config, "model.gen_norm", NORMS)
   configlib.require_one_of(config, "model.disc_norm", NORMS)
   configlib.require_one_of(config, "model.downsample", ("space_to_depth", "strided"))
+  configlib.require_one_of(config, "model.compute_dtype", configlib.COMPUTE_DTYPES)
   configlib.require(config, "model.ema_decay", 0.0 <= m.ema_decay < 1.0,
                     "must be in [0, 1): 0 disables the EMA, 0.999 is typical")
   configlib.require_widths(config, "model.gen_widths", "model.disc_widths")
@@ -162,12 +166,14 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
   m = config.model
   num_classes = spec.num_classes
   conditional = bool(m.conditional)
+  dtype = nets.compute_dtype(m.compute_dtype)
   generator = Generator(image_shape=spec.image_shape, widths=tuple(m.gen_widths),
-                        norm=m.gen_norm)
+                        norm=m.gen_norm, dtype=dtype)
   discriminator = Discriminator(widths=tuple(m.disc_widths), norm=m.disc_norm,
                                 spectral_norm=bool(m.spectral_norm),
                                 downsample=m.downsample,
-                                num_classes=num_classes if conditional else 0)
+                                num_classes=num_classes if conditional else 0,
+                                dtype=dtype)
   num_steps = config.train.num_steps
   gen_optimizer = optim.make_optimizer(config.optimizer, num_steps)
   disc_cfg = config.optimizer.copy_and_resolve_references()

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from jaxgen import configlib, likelihoods, optim
+from jaxgen import configlib, likelihoods, nets, optim
 from jaxgen.data import DatasetSpec, binarize
 from jaxgen.models import Batch, Family, Metrics
 from jaxgen.nets.autoregressive import LocalARHead, decode_sequential
@@ -81,6 +81,10 @@ def add_model_config(config: ConfigDict, family: str = "vae") -> None:
   # causal window. 0: the factorized decoder p(x|z) = prod_i p(x_i|z).
   m.ar_context = 0
   m.ar_hidden = 96               # the head's width (and the decoder's output)
+  # The encoder's and decoder's compute dtype ("float32" | "bfloat16": GPU/TPU
+  # tensor units); params, optimizer state, the AR head and the loss stay
+  # float32.
+  m.compute_dtype = "float32"
 
 
 def shrink_model_for_smoke(config: ConfigDict) -> None:
@@ -105,6 +109,7 @@ def validate(config: ConfigDict) -> None:
                       ">= 3 for the local autoregressive decoder")
     configlib.require_positive(config, "model.ar_hidden")
   configlib.require_one_of(config, "model.likelihood", likelihoods.NAMES)
+  configlib.require_one_of(config, "model.compute_dtype", configlib.COMPUTE_DTYPES)
   if config.model.likelihood != "bernoulli":
     configlib.require(
         config, "data.binarize", config.data.binarize == "none",
@@ -167,10 +172,12 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
                                 m.num_mixtures, m.gaussian_std)
   latent_grid, latent_dim = _latent_layout(config, spec)
   code_size = 2 if variational else 1   # mean and log-variance, or the code
+  dtype = nets.compute_dtype(m.compute_dtype)
   encoder = ConvEncoder(
       widths=tuple(m.encoder_widths), hidden=m.hidden, res_blocks=m.res_blocks,
       spatial=latent_grid is not None,
-      num_outputs=code_size * (latent_grid[2] if latent_grid else latent_dim))
+      num_outputs=code_size * (latent_grid[2] if latent_grid else latent_dim),
+      dtype=dtype)
   channels = spec.image_shape[2]
   autoregressive = bool(m.ar_context)
   # With the AR head the decoder emits features, which the head turns into
@@ -179,7 +186,8 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
                         widths=tuple(m.decoder_widths), hidden=m.hidden,
                         out_channels=(m.ar_hidden if autoregressive
                                       else likelihood.out_channels),
-                        res_blocks=m.res_blocks, latent_grid=latent_grid)
+                        res_blocks=m.res_blocks, latent_grid=latent_grid,
+                        dtype=dtype)
   ar_head = (LocalARHead(context=m.ar_context, channels=channels,
                          hidden=m.ar_hidden,
                          out_channels=likelihood.out_channels)

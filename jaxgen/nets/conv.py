@@ -8,15 +8,21 @@ run at the coarse resolutions (benchmarks/decoder_upsampling.py and the README
 give the timings). Sub-pixel keeps the learned upsampling of ConvTranspose
 without its checkerboard artifacts (Shi et al. 2016) and without the slow
 gradient.
+
+`dtype` is the compute dtype (bfloat16 for GPU/TPU tensor units): layers cast
+their float32 params to it and the outputs come back as float32 for the
+likelihood and the KL.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxgen.nets import at_least_float32
 
 
 def depth_to_space(x_BHWC: jax.Array, r: int) -> jax.Array:
@@ -48,12 +54,13 @@ def append_channels(x_BHWC: jax.Array, cond_BK: jax.Array) -> jax.Array:
 class ResBlock(nn.Module):
   """x + conv(act(conv(act(x)))), 3x3, width kept."""
   act: Callable[[jax.Array], jax.Array] = nn.relu
+  dtype: Any = None  # compute dtype (None: the params'; jaxgen.nets)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     width = x.shape[-1]
-    h = nn.Conv(width, (3, 3))(self.act(x))
-    return x + nn.Conv(width, (3, 3))(self.act(h))
+    h = nn.Conv(width, (3, 3), dtype=self.dtype)(self.act(x))
+    return x + nn.Conv(width, (3, 3), dtype=self.dtype)(self.act(h))
 
 
 class ConvEncoder(nn.Module):
@@ -70,19 +77,24 @@ class ConvEncoder(nn.Module):
   res_blocks: int = 0           # residual blocks after each strided conv
   spatial: bool = False
   act: Callable[[jax.Array], jax.Array] = nn.relu
+  dtype: Any = None  # compute dtype (None: the params'; jaxgen.nets)
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    dt = self.dtype
     x = x_BHWC * 2.0 - 1.0
     for width in self.widths:
-      x = self.act(nn.Conv(width, (3, 3), strides=(2, 2))(x))
+      x = self.act(nn.Conv(width, (3, 3), strides=(2, 2), dtype=dt)(x))
       for _ in range(self.res_blocks):
-        x = ResBlock(self.act)(x)
+        x = ResBlock(self.act, dt)(x)
     if self.spatial:
-      return nn.Conv(self.num_outputs, (3, 3))(self.act(x) if self.res_blocks else x)
-    x = x.reshape(x.shape[0], -1)
-    x = self.act(nn.Dense(self.hidden)(x))
-    return nn.Dense(self.num_outputs)(x)
+      out = nn.Conv(self.num_outputs, (3, 3), dtype=dt)(
+          self.act(x) if self.res_blocks else x)
+    else:
+      x = x.reshape(x.shape[0], -1)
+      x = self.act(nn.Dense(self.hidden, dtype=dt)(x))
+      out = nn.Dense(self.num_outputs, dtype=dt)(x)
+    return at_least_float32(out)
 
 
 class ConvDecoder(nn.Module):
@@ -107,10 +119,12 @@ class ConvDecoder(nn.Module):
   res_blocks: int = 0           # residual blocks at each resolution
   latent_grid: tuple[int, int, int] | None = None
   act: Callable[[jax.Array], jax.Array] = nn.relu
+  dtype: Any = None  # compute dtype (None: the params'; jaxgen.nets)
 
   @nn.compact
   def __call__(self, z_BL: jax.Array, cond_BK: jax.Array | None = None
                ) -> jax.Array:
+    dt = self.dtype
     height, width, channels = self.image_shape
     out_channels = self.out_channels or channels
     factor = 2 ** len(self.widths)  # upsampling stages + the output stage
@@ -125,20 +139,21 @@ class ConvDecoder(nn.Module):
       x = z_BL.reshape(-1, *self.latent_grid)
       if cond_BK is not None:
         x = append_channels(x, cond_BK)
-      x = self.act(nn.Conv(self.widths[0], (3, 3))(x))
+      x = self.act(nn.Conv(self.widths[0], (3, 3), dtype=dt)(x))
     else:
       if cond_BK is not None:
         z_BL = jnp.concatenate([z_BL, cond_BK], -1)
-      x = self.act(nn.Dense(self.hidden)(z_BL))
-      x = self.act(nn.Dense(coarse[0] * coarse[1] * self.widths[0])(x))
+      x = self.act(nn.Dense(self.hidden, dtype=dt)(z_BL))
+      x = self.act(nn.Dense(coarse[0] * coarse[1] * self.widths[0], dtype=dt)(x))
       x = x.reshape(-1, *coarse, self.widths[0])
     for _ in range(self.res_blocks):
-      x = ResBlock(self.act)(x)
+      x = ResBlock(self.act, dt)(x)
     for stage_width in self.widths[1:]:
-      x = self.act(depth_to_space(nn.Conv(4 * stage_width, (3, 3))(x), 2))
-      x = self.act(nn.Conv(stage_width, (3, 3))(x))
+      x = self.act(depth_to_space(nn.Conv(4 * stage_width, (3, 3), dtype=dt)(x), 2))
+      x = self.act(nn.Conv(stage_width, (3, 3), dtype=dt)(x))
       for _ in range(self.res_blocks):
-        x = ResBlock(self.act)(x)
+        x = ResBlock(self.act, dt)(x)
     if self.res_blocks:
       x = self.act(x)
-    return depth_to_space(nn.Conv(4 * out_channels, (3, 3))(x), 2)
+    x = nn.Conv(4 * out_channels, (3, 3), dtype=dt)(x)
+    return depth_to_space(at_least_float32(x), 2)

@@ -13,16 +13,22 @@ Resampling avoids the layers XLA's CPU backend is slow at (README, "Speed"):
   through the discriminator, is itself a transposed conv; this layer sees the
   same 2x2 neighbourhoods through an ordinary conv. "strided" keeps the
   classic 4x4 stride-2 conv.
+
+`dtype` is the compute dtype (bfloat16 for GPU/TPU tensor units): layers cast
+their float32 params to it; batch and layer norm reduce in float32, spectral
+norm's power iteration runs on the float32 weights, and images and scores
+come back as float32.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nets import at_least_float32
 from jaxgen.nets.conv import depth_to_space, space_to_depth
 
 # DCGAN's initialization (Radford et al. 2016): weights ~ N(0, 0.02).
@@ -30,13 +36,13 @@ _DCGAN_INIT = nn.initializers.normal(0.02)
 NORMS = ("batch", "layer", "none")
 
 
-def _norm(kind: str, train: bool, name: str | None = None):
+def _norm(kind: str, train: bool, dtype: Any):
   if kind == "batch":
     # momentum 0.9 = PyTorch's BatchNorm momentum 0.1
     return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                        epsilon=1e-5, name=name)
+                        epsilon=1e-5, dtype=dtype)
   if kind == "layer":
-    return nn.LayerNorm(epsilon=1e-5, name=name)
+    return nn.LayerNorm(epsilon=1e-5, dtype=dtype)
   return lambda x: x
 
 
@@ -51,10 +57,12 @@ class Generator(nn.Module):
   image_shape: tuple[int, int, int]
   widths: Sequence[int]
   norm: str = "batch"
+  dtype: Any = None  # compute dtype (None: the params'; jaxgen.nets)
 
   @nn.compact
   def __call__(self, z_BL: jax.Array, cond_BK: jax.Array | None = None,
                train: bool = True) -> jax.Array:
+    dt = self.dtype
     height, width, channels = self.image_shape
     factor = 2 ** len(self.widths)
     if height % factor or width % factor:
@@ -63,14 +71,15 @@ class Generator(nn.Module):
     coarse = (height // factor, width // factor)
     if cond_BK is not None:
       z_BL = jnp.concatenate([z_BL, cond_BK.astype(z_BL.dtype)], -1)
-    x = nn.Dense(coarse[0] * coarse[1] * self.widths[0], kernel_init=_DCGAN_INIT)(z_BL)
+    x = nn.Dense(coarse[0] * coarse[1] * self.widths[0], kernel_init=_DCGAN_INIT,
+                 dtype=dt)(z_BL)
     x = x.reshape(-1, *coarse, self.widths[0])
-    x = nn.relu(_norm(self.norm, train)(x))
+    x = nn.relu(_norm(self.norm, train, dt)(x))
     for stage_width in self.widths[1:]:
-      x = nn.Conv(4 * stage_width, (3, 3), kernel_init=_DCGAN_INIT)(x)
-      x = nn.relu(_norm(self.norm, train)(depth_to_space(x, 2)))
-    x = nn.Conv(4 * channels, (3, 3), kernel_init=_DCGAN_INIT)(x)
-    return jnp.tanh(depth_to_space(x, 2))
+      x = nn.Conv(4 * stage_width, (3, 3), kernel_init=_DCGAN_INIT, dtype=dt)(x)
+      x = nn.relu(_norm(self.norm, train, dt)(depth_to_space(x, 2)))
+    x = nn.Conv(4 * channels, (3, 3), kernel_init=_DCGAN_INIT, dtype=dt)(x)
+    return jnp.tanh(depth_to_space(at_least_float32(x), 2))
 
 
 class Discriminator(nn.Module):
@@ -84,6 +93,7 @@ class Discriminator(nn.Module):
   spectral_norm: bool = False
   downsample: str = "space_to_depth"   # | "strided"
   num_classes: int = 0
+  dtype: Any = None  # compute dtype (None: the params'; jaxgen.nets)
 
   def _layer(self, layer: nn.Module, x: jax.Array, train: bool) -> jax.Array:
     if self.spectral_norm:
@@ -93,22 +103,24 @@ class Discriminator(nn.Module):
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, labels_B: jax.Array | None = None,
                train: bool = True) -> jax.Array:
+    dt = self.dtype
     x = x_BHWC
     for i, width in enumerate(self.widths):
       if self.downsample == "strided":
         conv = nn.Conv(width, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                       kernel_init=_DCGAN_INIT)
+                       kernel_init=_DCGAN_INIT, dtype=dt)
         x = self._layer(conv, x, train)
       else:
-        x = self._layer(nn.Conv(width, (3, 3), kernel_init=_DCGAN_INIT),
+        x = self._layer(nn.Conv(width, (3, 3), kernel_init=_DCGAN_INIT, dtype=dt),
                         space_to_depth(x, 2), train)
       if i > 0:
-        x = _norm(self.norm, train)(x)
+        x = _norm(self.norm, train, dt)(x)
       x = nn.leaky_relu(x, 0.2)
     h_BF = x.reshape(x.shape[0], -1)
-    score_B = self._layer(nn.Dense(1, kernel_init=_DCGAN_INIT), h_BF, train)[:, 0]
+    score_B = at_least_float32(self._layer(
+        nn.Dense(1, kernel_init=_DCGAN_INIT, dtype=dt), h_BF, train)[:, 0])
     if self.num_classes:
       # The class embedding is not spectrally normalized (a table, not a map).
       embed = nn.Embed(self.num_classes, h_BF.shape[-1], embedding_init=_DCGAN_INIT)
-      score_B = score_B + jnp.sum(embed(labels_B) * h_BF, -1)
+      score_B = score_B + jnp.sum(embed(labels_B) * at_least_float32(h_BF), -1)
     return score_B
