@@ -6,6 +6,7 @@
     python benchmarks/speed.py --configs=vae_mnist --steps=3 --repeats=1 --out=/tmp/trial.md
     python benchmarks/speed.py --steps=50 --torch_compile    # on a GPU machine
     python benchmarks/speed.py --configs=ddpm_cifar10:paper --set model.compute_dtype=bfloat16
+    python benchmarks/speed.py --configs=vae_mnist:smoke --set train.steps_per_dispatch=8
 
 For each config: jaxgen's compile time, then `--repeats` rounds that alternate
 A/B (jaxgen `--steps` steps, then PyTorch `--steps` steps of the identical
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
 import statistics
@@ -59,7 +61,7 @@ import torch  # pylint: disable=g-import-not-at-top
 
 import torch_dcgan  # pylint: disable=g-import-not-at-top
 import torch_vae  # pylint: disable=g-import-not-at-top
-from jaxgen import data  # pylint: disable=g-import-not-at-top
+from jaxgen import data, train  # pylint: disable=g-import-not-at-top
 from jaxgen.models import make_family  # pylint: disable=g-import-not-at-top
 
 
@@ -83,20 +85,32 @@ def jaxgen_stepper(name: str, overrides: list[str], sample_batch: int):
   b = config.train.batch_size
   batch = jax.tree.map(jax.numpy.asarray, torch_vae.random_batch(spec, b))
   state = jax.jit(family.init)(jax.random.PRNGKey(0), batch)
-  lowered = jax.jit(family.train_step, donate_argnums=0).lower(
-      state, batch, jax.random.PRNGKey(0))
+  # train.steps_per_dispatch = k > 1: the training loop's k-step program
+  # (train.run_steps) on k copies of the batch; run(n) makes n / k dispatches.
+  k = config.train.steps_per_dispatch
+  if k == 1:
+    lowered = jax.jit(family.train_step, donate_argnums=0).lower(
+        state, batch, jax.random.PRNGKey(0))
+  else:
+    batch = jax.tree.map(lambda x: jax.numpy.stack([x] * k), batch)
+    lowered = jax.jit(functools.partial(train.run_steps, family.train_step),
+                      donate_argnums=0).lower(state, batch, jax.random.PRNGKey(0), 0)
   start = time.perf_counter()
   step = lowered.compile()
   compile_seconds = time.perf_counter() - start
   holder = {"state": state}
 
   def run(n: int) -> None:
+    if n % k:
+      raise ValueError(f"{n} steps is not a multiple of train.steps_per_dispatch={k}")
     metrics = None
-    for i in range(n):
-      holder["state"], metrics = step(holder["state"], batch, jax.random.PRNGKey(i))
+    for i in range(n // k):
+      key_or_first = (jax.random.PRNGKey(i),) if k == 1 else (jax.random.PRNGKey(0), i * k)
+      holder["state"], metrics = step(holder["state"], batch, *key_or_first)
     jax.block_until_ready(metrics)
 
   flops = step_flops(lowered)
+  flops = flops / k if flops else flops
   if family.sample is None or sample_batch <= 0:
     return run, None, compile_seconds, b, flops
   draw = jax.jit(lambda state, key: family.sample(state, key, sample_batch))
@@ -158,6 +172,9 @@ def torch_vae_stepper(name: str, device: str, compile_nets: bool,
   return run, sample_run if twin.variational else None
 
 
+# The one override that keeps the network (and so the twin comparison): k train
+# steps per dispatch.
+DISPATCH_KEY = "train.steps_per_dispatch"
 TWINS = {"dcgan_mnist": torch_dcgan_stepper, "dcgan_cifar10": torch_dcgan_stepper,
          "ae_mnist": torch_vae_stepper, "vae_mnist": torch_vae_stepper,
          "cvae_mnist": torch_vae_stepper}
@@ -192,18 +209,21 @@ def measure(name: str, args: argparse.Namespace, arms: list[str],
   """One config: (its train-step row, images/s of sample() per side)."""
   jax_run, jax_sample, compile_seconds, batch_size, flops = jaxgen_stepper(
       name, args.set, args.sample_batch)
-  # Configs without a twin get jaxgen's numbers alone, as do overrides,
-  # which the twins do not follow. Sampling: jaxgen vs eager PyTorch.
+  # Configs without a twin get jaxgen's numbers alone, as do overrides of the
+  # network, which the twins do not follow. Sampling: jaxgen vs eager PyTorch.
   runs, samplers = {"jaxgen": jax_run}, {"jaxgen": jax_sample}
-  if name in TWINS and not args.set:
+  same_network = all(item.startswith(DISPATCH_KEY + "=") for item in args.set)
+  if name in TWINS and same_network:
     for arm in arms:
       runs[arm], twin_sample = TWINS[name](name, torch_device,
                                            arm == "torch.compile", args.sample_batch)
-      if arm == "PyTorch":
+      if arm == "PyTorch" and args.sample_batch > 0:
         samplers[arm] = twin_sample
   samplers = {arm: run for arm, run in samplers.items() if run is not None}
-  for run in [*runs.values(), *samplers.values()]:
-    run(2)  # warm-up (and compilation)
+  for run in runs.values():
+    run(args.steps)  # warm-up (and compilation)
+  for run in samplers.values():
+    run(2)
   times = {arm: [] for arm in runs}
   sample_times = {arm: [] for arm in samplers}
   for _ in range(args.repeats):

@@ -83,6 +83,10 @@ def base_config() -> ConfigDict:
   c.train.async_checkpoints = True
   c.train.progress_bar = True
   c.train.eval_at_end = True       # write eval.json when training finishes
+  # Train steps per dispatch: k > 1 runs k steps as one compiled program
+  # (unrolled), for small models whose step time is mostly dispatch overhead.
+  # Same batches, keys and results as k = 1.
+  c.train.steps_per_dispatch = 1
 
   c.eval = ConfigDict()
   c.eval.batch_size = 1_000
@@ -177,7 +181,7 @@ def validate_base(config: ConfigDict) -> None:
   require_positive(config, "optimizer.learning_rate", "train.batch_size",
                    "train.log_every", "train.checkpoint_every",
                    "train.snapshot_every", "train.keep_checkpoints",
-                   "eval.batch_size", "viz.num_samples")
+                   "train.steps_per_dispatch", "eval.batch_size", "viz.num_samples")
   require_positive(config, "eval.num_samples", "eval.iwae_samples",
                    "eval.timing_samples",
                    "train.monitor_samples", allow_zero=True)

@@ -334,24 +334,45 @@ class TrainBatches:
         lambda k: jax.random.permutation(k, self.num_examples),
         out_shardings=replicated)
     self._gather = jax.jit(
-        functools.partial(_gather_batch, batch_size=global_batch),
+        functools.partial(_gather_batches, batch_size=global_batch, count=None),
         out_shardings=batch_sharding)
+    self._gather_stacked = jax.jit(
+        functools.partial(_gather_batches, batch_size=global_batch),
+        static_argnames="count", out_shardings=sharding.stacked_batch_sharding(mesh))
     self._epoch, self._perm = None, None
 
   def epoch_of(self, step: int) -> int:
     return step // self.steps_per_epoch
 
-  def __call__(self, step: int) -> dict[str, jax.Array]:
+  def _permutation(self, step: int) -> jax.Array:
     epoch = self.epoch_of(step)
     if epoch != self._epoch:
       self._perm = self._permute(jax.random.fold_in(self._key, epoch))
       self._epoch = epoch
-    start = (step % self.steps_per_epoch) * self.global_batch
-    return self._gather(self._arrays, self._perm, start)
+    return self._perm
+
+  def _start(self, step: int) -> int:
+    return (step % self.steps_per_epoch) * self.global_batch
+
+  def __call__(self, step: int) -> dict[str, jax.Array]:
+    return self._gather(self._arrays, self._permutation(step), self._start(step))
+
+  def stacked(self, step: int, count: int) -> dict[str, jax.Array]:
+    """Batches step .. step + count - 1 as one [count, B, ...] array each,
+    gathered in one call (for train.steps_per_dispatch). They must lie in one
+    epoch; batch i equals self(step + i)."""
+    if self.epoch_of(step) != self.epoch_of(step + count - 1):
+      raise ValueError(f"steps {step}..{step + count - 1} span two epochs of "
+                       f"{self.steps_per_epoch} steps; take them one by one")
+    return self._gather_stacked(self._arrays, self._permutation(step),
+                                self._start(step), count=count)
 
 
-def _gather_batch(arrays, perm, start, *, batch_size):
-  idx = jax.lax.dynamic_slice(perm, (start,), (batch_size,))
+def _gather_batches(arrays, perm, start, *, batch_size, count):
+  """One batch (count=None) or `count` consecutive ones stacked."""
+  idx = jax.lax.dynamic_slice(perm, (start,), (batch_size * (count or 1),))
+  if count is not None:
+    idx = idx.reshape(count, batch_size)
   return jax.tree.map(lambda a: a[idx], arrays)
 
 

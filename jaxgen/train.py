@@ -6,12 +6,16 @@
 `train_step` is jit-compiled once with the state replicated, the batch split on
 the 'data' mesh axis and the state donated. Metrics are fetched one step late so
 the host never stalls the device. Everything random is a function of
-(config.seed, step), so a resumed run reproduces the uninterrupted one.
+(config.seed, step), so a resumed run reproduces the uninterrupted one. With
+`train.steps_per_dispatch` = k > 1, k steps run as one program (`run_steps`)
+wherever no checkpoint, snapshot or epoch boundary falls inside them: the same
+batches and keys, one dispatch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -235,6 +239,38 @@ def _write_config(s: Setup, resume_step: int) -> None:
   path.write_text(configlib.to_json(s.config) + "\n")
 
 
+def run_steps(train_step: Callable[[Any, Any, jax.Array], tuple[Any, Any]],
+              state: Any, batches_K: Any, train_key: jax.Array,
+              first_step: jax.Array) -> tuple[Any, Any]:
+  """K train steps in one program: step first_step + i takes batch i of
+  batches_K ([K, B, ...] leaves) and the key fold_in(train_key, first_step + i),
+  as K single dispatches would. Returns the state and metrics stacked [K]."""
+  def one_step(current, batch_and_offset):
+    batch, offset = batch_and_offset
+    return train_step(current, batch,
+                      jax.random.fold_in(train_key, first_step + offset))
+  num = jax.tree.leaves(batches_K)[0].shape[0]
+  # Unrolled, not a loop: inside a loop body XLA:CPU computes a convolution's
+  # filter gradient with a naive loop nest, ~100x slower than outside one
+  # (jax-ml/jax#12868; README "Benchmarks").
+  return jax.lax.scan(one_step, state, (batches_K, jnp.arange(num)), unroll=True)
+
+
+def dispatch_size(step: int, t: ConfigDict, steps_per_epoch: int) -> int:
+  """How many steps the next dispatch runs: train.steps_per_dispatch when steps
+  step+1 .. step+k stay within num_steps and no checkpoint, snapshot or epoch
+  boundary falls before their last one (the loop acts on those between
+  dispatches, and a window of batches comes from one epoch); else 1."""
+  k = t.steps_per_dispatch
+  last = step + k
+  if k == 1 or last > t.num_steps:
+    return 1
+  for every in (t.checkpoint_every, t.snapshot_every):
+    if step // every != (last - 1) // every:
+      return 1
+  return k if step // steps_per_epoch == (last - 1) // steps_per_epoch else 1
+
+
 def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
   return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
@@ -249,8 +285,9 @@ def train(config: ConfigDict, workdir: str | Path, *, mesh: Mesh | None = None,
     workdir: where checkpoints and outputs go; rerunning on it resumes.
     mesh: devices to use (default: all, on one 'data' axis).
     dataset: already-loaded arrays (tests reuse them; default: load from config).
-    after_step: called as after_step(step, state) after each step (tests use it
-      to inject signals or inspect the state).
+    after_step: called as after_step(step, state) after each dispatch (each
+      step, unless train.steps_per_dispatch > 1; tests use it to inject
+      signals or inspect the state).
 
   Returns a RunResult; interrupted_by is set when a signal stopped the run
   after saving a checkpoint. Raises NonFiniteError on a NaN/Inf loss.
@@ -289,6 +326,10 @@ def train(config: ConfigDict, workdir: str | Path, *, mesh: Mesh | None = None,
   step_fn = jax.jit(s.family.train_step,
                     in_shardings=(replicated, batch_sharding, replicated),
                     out_shardings=(replicated, replicated), donate_argnums=0)
+  steps_fn = jax.jit(functools.partial(run_steps, s.family.train_step),
+                     in_shardings=(replicated, sharding.stacked_batch_sharding(s.mesh),
+                                   replicated, replicated),
+                     out_shardings=(replicated, replicated), donate_argnums=0)
 
   step = start_step
   # The time budget counts earlier sessions on this workdir too.
@@ -306,10 +347,17 @@ def train(config: ConfigDict, workdir: str | Path, *, mesh: Mesh | None = None,
     return (f"the last good checkpoint is step {saved[-1]} in "
             f"{checkpointer.directory}" if saved else "no checkpoint was saved")
 
-  def record(at_step: int, metrics) -> None:
-    """Host side of a finished step: NaN guard, interval means, logging."""
+  def record(first_step: int, num: int, metrics) -> None:
+    """Host side of a finished dispatch of `num` steps (metrics stacked [num]
+    when num > 1)."""
+    fetched = jax.device_get(metrics)
+    for i in range(num):
+      record_step(first_step + i,
+                  {k: float(v[i] if num > 1 else v) for k, v in fetched.items()})
+
+  def record_step(at_step: int, host: dict[str, float]) -> None:
+    """NaN guard, interval means, logging."""
     nonlocal last_logged
-    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not math.isfinite(host[s.family.loss_key]):
       checkpointer.wait()
       raise NonFiniteError(
@@ -351,17 +399,22 @@ def train(config: ConfigDict, workdir: str | Path, *, mesh: Mesh | None = None,
         return time.perf_counter() - loop_start < budget_seconds
 
       while step < t.num_steps and stop.signum is None and within_budget():
-        batch = batches(step)
-        state, metrics = step_fn(state, batch, jax.random.fold_in(s.keys["train"], step))
-        step += 1
+        num = dispatch_size(step, t, batches.steps_per_epoch)
+        if num > 1:
+          state, metrics = steps_fn(state, batches.stacked(step, num),
+                                    s.keys["train"], jnp.int32(step))
+        else:
+          state, metrics = step_fn(state, batches(step),
+                                   jax.random.fold_in(s.keys["train"], step))
+        first, step = step + 1, step + num
         if compile_seconds is None:
           jax.block_until_ready(metrics)
           compile_seconds = time.perf_counter() - loop_start
           steady_start, steady_from = time.perf_counter(), step
         if pending is not None:
           record(*pending)
-        pending = (step, metrics)
-        progress.update(1)
+        pending = (first, num, metrics)
+        progress.update(num)
         if step % t.checkpoint_every == 0 or step % t.snapshot_every == 0:
           record(*pending)
           pending = None

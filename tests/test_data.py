@@ -76,6 +76,21 @@ def test_train_batches_are_a_pure_function_of_step(mnist, num_devices):
   assert not np.array_equal(batches(0)["label"], batches(steps_per_epoch)["label"])
 
 
+def test_stacked_batches_equal_the_single_ones(mnist, num_devices):
+  mesh = sharding.make_mesh(num_devices)
+  batches = data.TrainBatches(mnist.train, 256, mesh, jax.random.PRNGKey(3))
+  start = batches.steps_per_epoch + 3  # not the first epoch: its own permutation
+  stacked = batches.stacked(start, 4)
+  assert stacked["image"].shape == (4, 256, 28, 28, 1)
+  assert stacked["image"].sharding.spec == sharding.stacked_batch_sharding(mesh).spec
+  for i in range(4):
+    single = batches(start + i)
+    for name in ("image", "label"):
+      np.testing.assert_array_equal(stacked[name][i], single[name])
+  with pytest.raises(ValueError, match="span two epochs"):
+    batches.stacked(batches.steps_per_epoch - 2, 4)
+
+
 def test_epoch_permutation_covers_each_example_once(mnist):
   mesh = sharding.make_mesh(1)
   key = jax.random.PRNGKey(0)

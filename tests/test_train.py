@@ -131,6 +131,45 @@ def test_interrupted_and_resumed_equals_uninterrupted(mnist, tmp_path):
   assert logged == sorted(set(logged)), "a resumed run must not log a step twice"
 
 
+def test_steps_per_dispatch_takes_the_same_steps(mnist, tmp_path):
+  """4 steps per dispatch: the smoke run's 20 steps go as 1-4, 5-8, then
+  single steps 9 and 10 (a checkpoint and snapshot at 10), 11-14, 15-18, 19,
+  20. Same batches and keys as one step per dispatch, so the same run: every
+  logged metric and the final parameters agree bit for bit (on CPU)."""
+  mesh = sharding.make_mesh(1)
+  dispatched = []
+  single = train.train(smoke_config(), tmp_path / "k1", mesh=mesh, dataset=mnist)
+  multi = train.train(smoke_config(steps_per_dispatch=4), tmp_path / "k4",
+                      mesh=mesh, dataset=mnist,
+                      after_step=lambda step, state: dispatched.append(step))
+  assert dispatched == [4, 8, 9, 10, 14, 18, 19, 20]
+  assert multi.step == single.step == 20
+  rows = [read_jsonl(tmp_path / name / "metrics.jsonl") for name in ("k1", "k4")]
+  losses = [[(r["step"], r["loss"]) for r in rs if "loss" in r] for rs in rows]
+  assert [step for step, _ in losses[0]] == [5, 10, 15, 20]
+  np.testing.assert_array_equal(losses[0], losses[1])
+  for a, b in zip(jax.tree.leaves(single.state.params),
+                  jax.tree.leaves(multi.state.params), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert sorted(int(p.name) for p in (tmp_path / "k4" / "checkpoints").iterdir()
+                if p.name.isdigit()) == [10, 20]
+
+
+@pytest.mark.parametrize("step, expected", [
+    (0, 4),     # steps 1-4
+    (6, 1),     # 7-10 would pass the checkpoint at 8
+    (8, 4),     # 9-12: the boundary at 8 is behind, 12 is its last step
+    (97, 1),    # 98-101 would pass the end of the epoch (100 steps)
+    (100, 4),
+    (197, 1),   # past num_steps = 200
+    (196, 4),
+])
+def test_dispatch_size_stops_at_boundaries(step, expected):
+  config = smoke_config(steps_per_dispatch=4, num_steps=200, checkpoint_every=8,
+                        snapshot_every=12)
+  assert train.dispatch_size(step, config.train, steps_per_epoch=100) == expected
+
+
 def test_rerun_with_more_steps_continues_a_finished_run(mnist, tmp_path):
   """README's route for training a finished run further: the same workdir, a
   larger train.num_steps. It resumes at the last step, and config.json records
