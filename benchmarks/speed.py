@@ -105,8 +105,10 @@ def jaxgen_stepper(name: str, overrides: list[str], sample_batch: int):
       raise ValueError(f"{n} steps is not a multiple of train.steps_per_dispatch={k}")
     metrics = None
     for i in range(n // k):
-      key_or_first = (jax.random.PRNGKey(i),) if k == 1 else (jax.random.PRNGKey(0), i * k)
-      holder["state"], metrics = step(holder["state"], batch, *key_or_first)
+      # One step takes key i; k steps take the train key and their first index.
+      key_args = ((jax.random.PRNGKey(i),) if k == 1
+                  else (jax.random.PRNGKey(0), i * k))
+      holder["state"], metrics = step(holder["state"], batch, *key_args)
     jax.block_until_ready(metrics)
 
   flops = step_flops(lowered)
@@ -287,7 +289,8 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=5, help="A/B rounds")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="config override for jaxgen's side, e.g. "
-                      "model.compute_dtype=bfloat16 (repeatable)")
+                      "model.compute_dtype=bfloat16 (repeatable); the twins sit "
+                      f"out unless it is only {DISPATCH_KEY}, which keeps the network")
   parser.add_argument("--sample_batch", type=int, default=1000,
                       help="images per sample() call (0: no sampling table)")
   parser.add_argument("--sample_calls", type=int, default=3,
