@@ -215,11 +215,18 @@ class _CollapseMonitor:
     if not self._enabled:
       return {}
     # pylint: disable-next=g-import-not-at-top
-    from jaxgen.evaluate import classifier_scores, features
-    predicted, fake = features.extract(self._extractor, np.asarray(self._sample(state)))
+    from jaxgen.evaluate import classifier_scores, features, finite_per_sample
+    images = np.asarray(self._sample(state))
+    # A flow's inverse can overflow on a few samples; score the rest (as eval
+    # does) rather than stop training on a NaN Frechet distance.
+    finite_N = finite_per_sample(images)
+    found = {} if finite_N.all() else {"monitor_non_finite": float(np.sum(~finite_N))}
+    if not finite_N.any():
+      return found
+    predicted, fake = features.extract(self._extractor, images[finite_N])
     scores = classifier_scores(self._reference, predicted, fake, self._num_classes)
     coverage = scores["coverage"]
-    return {"monitor_classes_covered": float(coverage["classes_covered"]),
+    return {**found, "monitor_classes_covered": float(coverage["classes_covered"]),
             "monitor_kl_to_uniform": coverage["kl_to_uniform"],
             "monitor_recall": scores["recall"], "monitor_fd": scores["fd"]}
 

@@ -1,6 +1,7 @@
 """GAN family: every config's step, the two updates, losses, the gradient
 penalty, spectral norm, the training views and the mode-collapse monitor."""
 
+import dataclasses
 import json
 
 import flax
@@ -248,6 +249,32 @@ def test_training_views_monitor_and_time_budget(smoke_classifier, mnist, tmp_pat
   assert train.make_checkpointer(run.setup).steps()[-1] == run.step
   again = train.train(config, budget, mesh=sharding.make_mesh(1), dataset=mnist)
   assert again.step == run.step
+
+
+def test_monitor_scores_the_finite_samples_only(smoke_classifier, mnist, tmp_path):
+  """A sampler that overflows on some samples (a flow's inverse can) must not
+  stop training at a snapshot: the monitor scores the finite ones and counts
+  the others."""
+  del smoke_classifier
+  config = smoke_config("dcgan_mnist")
+  s, batch = setup_and_batch(config, mnist, tmp_path)
+  state = train.init_state(s, batch)
+  sample = s.family.sample
+
+  def overflowing(bad):
+    def draw(state, key, num, labels=None):
+      images = sample(state, key, num, labels)
+      return images.at[:bad].set(jnp.nan)
+    return dataclasses.replace(s.family, sample=draw)
+
+  found = train._CollapseMonitor(dataclasses.replace(s, family=overflowing(20)))(state)
+  assert found["monitor_non_finite"] == 20
+  assert np.isfinite(found["monitor_fd"]) and 0 <= found["monitor_recall"] <= 1
+  clean = train._CollapseMonitor(s)(state)
+  assert "monitor_non_finite" not in clean and np.isfinite(clean["monitor_fd"])
+  nothing = train._CollapseMonitor(dataclasses.replace(
+      s, family=overflowing(config.train.monitor_samples)))(state)
+  assert nothing == {"monitor_non_finite": float(config.train.monitor_samples)}
 
 
 def test_score_mode_scores_other_codebases_samples(smoke_classifier, mnist, tmp_path):

@@ -114,7 +114,7 @@ def sample_quality(s: Setup, state: Any) -> tuple[dict[str, Any], dict[str, Any]
   """
   num = s.config.eval.num_samples
   samples, asked = _draw(s, state, num, jax.random.PRNGKey(s.config.eval.seed + 1))
-  finite_N = _finite_per_sample(samples)
+  finite_N = finite_per_sample(samples)
   non_finite = int(np.sum(~finite_N))
   if non_finite == len(samples):
     # Nothing to score; the likelihood metrics in eval.json still stand.
@@ -138,7 +138,7 @@ def sample_quality(s: Setup, state: Any) -> tuple[dict[str, Any], dict[str, Any]
   return results, protocol
 
 
-def _finite_per_sample(samples: np.ndarray) -> np.ndarray:
+def finite_per_sample(samples: np.ndarray) -> np.ndarray:
   """[N] bool: whether every value of each sample is finite."""
   return np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
 
@@ -153,7 +153,7 @@ def score_images(s: Setup, samples: np.ndarray, asked: np.ndarray | None = None
     raise SamplesError(f"samples of shape {samples.shape}: expected "
                      f"[N, {', '.join(map(str, expected))}] for "
                      f"{s.dataset.spec.name} (NHWC)")
-  finite_N = _finite_per_sample(samples)
+  finite_N = finite_per_sample(samples)
   if not np.all(finite_N):
     bad = int(np.sum(~finite_N))
     raise SamplesError(f"{bad} of {len(samples)} samples hold NaN or inf: "
