@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from jaxgen import configlib, optim
+from jaxgen import configlib, nets, optim
 from jaxgen.data import DatasetSpec
 from jaxgen.likelihoods import discretized_gaussian_log_probs, nats_to_bits_per_dim
 from jaxgen.models import Batch, Family, Metrics
@@ -331,7 +331,7 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
              blocks_per_level=m.blocks_per_level,
              attention_resolutions=tuple(m.attention_resolutions),
              dropout=m.dropout, num_classes=num_classes, patch_size=m.patch_size,
-             dtype=jnp.dtype(m.compute_dtype))
+             dtype=nets.compute_dtype(m.compute_dtype))
   sched = make_schedule(noise_schedule(m.schedule, m.num_timesteps))
   num_t = int(m.num_timesteps)
   objective, variance = m.objective, m.variance

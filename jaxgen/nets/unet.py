@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nets import at_least_float32
 from jaxgen.nets.conv import depth_to_space, space_to_depth
 
 
@@ -55,7 +56,7 @@ class ResnetBlock(nn.Module):
   dropout-conv, with a 1x1 skip projection when the width changes."""
   width: int
   dropout: float
-  dtype: Any = jnp.float32
+  dtype: Any = None  # compute dtype (None: the params'; jaxgen.nets)
 
   @nn.compact
   def __call__(self, x_BHWC, emb_BE, train: bool):
@@ -74,7 +75,7 @@ class ResnetBlock(nn.Module):
 
 class AttentionBlock(nn.Module):
   """Single-head self-attention over the H*W positions, residual."""
-  dtype: Any = jnp.float32
+  dtype: Any = None  # compute dtype (None: the params'; jaxgen.nets)
 
   @nn.compact
   def __call__(self, x_BHWC):
@@ -82,8 +83,8 @@ class AttentionBlock(nn.Module):
     dt = self.dtype
     qkv = nn.Dense(3 * c, dtype=dt)(_group_norm(c, dt)(x_BHWC)).reshape(b, h * w, 3, c)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    logits = jnp.einsum("bqc,bkc->bqk", q, k).astype(jnp.float32) / math.sqrt(c)
-    weights = jax.nn.softmax(logits, -1).astype(dt)
+    logits = at_least_float32(jnp.einsum("bqc,bkc->bqk", q, k)) / math.sqrt(c)
+    weights = jax.nn.softmax(logits, -1).astype(q.dtype)
     out = jnp.einsum("bqk,bkc->bqc", weights, v).reshape(b, h, w, c)
     return x_BHWC + nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=dt)(out)
 
@@ -104,7 +105,7 @@ class UNet(nn.Module):
   # > 1: the net runs on patch x patch blocks folded into channels
   # (space_to_depth), 1/patch^2 of the FLOPs; what makes MNIST trainable on CPU.
   patch_size: int = 1
-  dtype: Any = jnp.float32
+  dtype: Any = None  # compute dtype (None: the params'; jaxgen.nets)
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, t_B: jax.Array,
@@ -149,6 +150,6 @@ class UNet(nn.Module):
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
     assert not skips
     h = nn.swish(_group_norm(h.shape[-1], dt)(h))
-    out = nn.Conv(x.shape[-1], (3, 3), kernel_init=nn.initializers.zeros,
-                  dtype=dt)(h).astype(jnp.float32)
+    out = at_least_float32(nn.Conv(x.shape[-1], (3, 3),
+                                   kernel_init=nn.initializers.zeros, dtype=dt)(h))
     return depth_to_space(out, self.patch_size) if self.patch_size > 1 else out
