@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import (check_step_is_deterministic_and_learns, set_overrides,
-                      setup_and_batch, with_first_test_images)
+from conftest import (check_bfloat16_compute, check_step_is_deterministic_and_learns,
+                      set_overrides, setup_and_batch, with_first_test_images)
 from configs import glow_cifar10, glow_mnist, realnvp_cifar10, realnvp_mnist
 from jaxgen import configlib, evaluate, sharding, train
 from jaxgen.models import flow as flow_model
@@ -94,10 +94,14 @@ def test_preprocessing_inverts_and_its_logdet_is_the_jacobians(alpha):
   np.testing.assert_allclose(float(logdet_B[0]), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("architecture", ["glow", "realnvp"])
-def test_whole_smoke_flow_inverts_and_its_logdet_is_the_jacobians(architecture):
+@pytest.mark.parametrize("architecture, dtype", [
+    ("glow", None), ("realnvp", None), ("glow", jnp.bfloat16),
+    ("realnvp", jnp.bfloat16)])
+def test_whole_smoke_flow_inverts_and_its_logdet_is_the_jacobians(architecture, dtype):
+  # In bfloat16 too: the inverse recomputes the coupling networks from the same
+  # inputs, so bfloat16's rounding cancels and the flow stays a bijection.
   model = flow.MultiScaleFlow(image_shape=(8, 8, 2), architecture=architecture,
-                              num_levels=2, steps_per_level=2, width=8)
+                              num_levels=2, steps_per_level=2, width=8, dtype=dtype)
   y_BHWC = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 2))
   params = perturbed(model.init(jax.random.PRNGKey(1), y_BHWC, method=model.forward),
                      jax.random.PRNGKey(2), scale=0.05)
@@ -108,6 +112,33 @@ def test_whole_smoke_flow_inverts_and_its_logdet_is_the_jacobians(architecture):
   expected = jacobian_log_abs_det(
       lambda v: model.apply(params, v, method=model.forward)[0], y_BHWC[0])
   np.testing.assert_allclose(float(logdet_B[0]), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_bfloat16_coupling_network_computes_in_bfloat16():
+  x_BHWC = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 3))
+  params = perturbed(flow.CouplingNet(16, 6).init(jax.random.PRNGKey(1), x_BHWC),
+                     jax.random.PRNGKey(2))   # the last conv starts at zero
+  check_bfloat16_compute(flow.CouplingNet(16, 6),
+                         flow.CouplingNet(16, 6, jnp.bfloat16), params, x_BHWC)
+
+
+def test_bfloat16_flow_keeps_its_bijections_in_float32():
+  model = flow.MultiScaleFlow(image_shape=(8, 8, 2), num_levels=2,
+                              steps_per_level=2, width=8, dtype=jnp.bfloat16)
+  y_BHWC = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 2))
+  params = model.init(jax.random.PRNGKey(1), y_BHWC, method=model.forward)
+  jaxpr = jax.make_jaxpr(lambda p, y: model.apply(p, y, method=model.forward))(
+      params, y_BHWC).jaxpr
+  convs = [e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+  # Couplings (3 convs each) and the split prior compute in bfloat16; the 1x1
+  # convolutions (matmuls) and the log-determinant in float32.
+  assert len(convs) == 3 * 4 + 1
+  assert all(v.aval.dtype == jnp.bfloat16 for e in convs for v in e.invars)
+  matmuls = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+  assert matmuls and all(v.aval.dtype == jnp.float32
+                         for e in matmuls for v in e.invars)
+  eps_BD, logdet_B = model.apply(params, y_BHWC, method=model.forward)
+  assert eps_BD.dtype == logdet_B.dtype == jnp.float32
 
 
 @pytest.fixture
@@ -126,6 +157,14 @@ def test_smoke_step_is_deterministic_and_learns(name, datasets, tmp_path):
   num_dims = int(np.prod(dataset.spec.image_shape))
   np.testing.assert_allclose(metrics["nll_bpd"],
                              metrics["nll_nats"] / (num_dims * np.log(2)), rtol=1e-5)
+
+
+def test_bfloat16_step_is_deterministic_and_learns(cifar10, tmp_path):
+  config = glow_cifar10.get_config("smoke")
+  config.model.compute_dtype = "bfloat16"
+  config.optimizer.learning_rate = 3e-3
+  s, batch = setup_and_batch(config, cifar10, tmp_path)
+  check_step_is_deterministic_and_learns(s, batch, num_steps=10)
 
 
 @pytest.mark.parametrize("name", ["glow_mnist", "realnvp_mnist"])
@@ -190,6 +229,7 @@ def test_a_flow_whose_inverse_overflows_is_reported_not_crashed(mnist, tmp_path)
     ({"model.num_levels": 3}, "model.num_levels"),       # 28 / 8 is no integer
     ({"model.architecture": "maf"}, "model.architecture"),
     ({"model.preprocess": "logit", "model.logit_alpha": 0.0}, "model.logit_alpha"),
+    ({"model.compute_dtype": "float16"}, "model.compute_dtype"),
 ])
 def test_bad_flow_configs_name_the_key(overrides, key, mnist, tmp_path):
   config = glow_mnist.get_config("smoke")

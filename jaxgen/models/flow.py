@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from jaxgen import configlib, optim
+from jaxgen import configlib, nets, optim
 from jaxgen.data import DatasetSpec
 from jaxgen.likelihoods import nats_to_bits_per_dim
 from jaxgen.models import Batch, Family, Metrics
@@ -64,6 +64,7 @@ def add_model_config(config: ConfigDict, architecture: str) -> None:
   m.preprocess = "logit" if architecture == "realnvp" else "shift"
   m.logit_alpha = 0.05
   m.temperature = 1.0             # of sample(); views show a grid of them
+  m.compute_dtype = "float32"     # of the coupling networks (bfloat16: GPU/TPU)
 
 
 def flow_config(dataset: str, architecture: str, options: set[str]) -> ConfigDict:
@@ -104,6 +105,7 @@ def validate(config: ConfigDict, spec: DatasetSpec) -> None:
   m = config.model
   configlib.require_one_of(config, "model.architecture", ARCHITECTURES)
   configlib.require_one_of(config, "model.preprocess", PREPROCESSING)
+  configlib.require_one_of(config, "model.compute_dtype", configlib.COMPUTE_DTYPES)
   configlib.require_positive(config, "model.num_levels", "model.steps_per_level",
                              "model.width")
   configlib.require_positive(config, "model.temperature", allow_zero=True)
@@ -158,7 +160,7 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
   flow = MultiScaleFlow(image_shape=tuple(spec.image_shape),
                         architecture=m.architecture, num_levels=m.num_levels,
                         steps_per_level=m.steps_per_level, width=m.width,
-                        lu=bool(m.lu))
+                        lu=bool(m.lu), dtype=nets.compute_dtype(m.compute_dtype))
   num_dims = math.prod(spec.image_shape)
   optimizer = optim.make_optimizer(config.optimizer, config.train.num_steps)
   logit = m.preprocess == "logit"

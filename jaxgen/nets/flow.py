@@ -16,18 +16,26 @@ half z is standardised by a learned Gaussian conditioned on the kept half
 (Glow's split prior), eps = (z - mean) / std, whose -sum(log std) enters the
 log-determinant; so log p(y) = log N(eps; 0, I) + logdet, and sampling is
 inverse(eps ~ N(0, T^2 I)).
+
+A compute `dtype` (bfloat16) reaches only the networks that compute a
+coupling's shift and scale and a split prior's mean and std; their outputs come
+back in float32 and the bijections themselves (actnorm, 1x1 convolutions, the
+affine maps, log-determinants) stay float32. The inverse recomputes those
+networks from the same conditioning half, bit for bit, so the flow stays
+exactly invertible and its log-determinant exact for the function it computes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nets import at_least_float32
 from jaxgen.nets.conv import depth_to_space, space_to_depth
 
 # Glow's coupling scale sigmoid(h + 2): starts near 0.88 (close to identity with
@@ -99,12 +107,15 @@ class CouplingNet(nn.Module):
   network of Glow's coupling: it starts as the identity's shift and scale."""
   width: int
   out_channels: int
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-    h = nn.relu(nn.Conv(self.width, (3, 3))(x_BHWC))
-    h = nn.relu(nn.Conv(self.width, (1, 1))(h))
-    return nn.Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros)(h)
+    h = nn.relu(nn.Conv(self.width, (3, 3), dtype=self.dtype)(x_BHWC))
+    h = nn.relu(nn.Conv(self.width, (1, 1), dtype=self.dtype)(h))
+    h = nn.Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros,
+                dtype=self.dtype)(h)
+    return at_least_float32(h)
 
 
 def checkerboard(height: int, width: int, parity: int) -> jax.Array:
@@ -124,9 +135,10 @@ class AffineCoupling(nn.Module):
   width: int
   mask: str = "channel"
   parity: int = 0
+  dtype: Any = None
 
   def _shift_and_scale(self, x_cond: jax.Array, out_channels: int):
-    h = CouplingNet(self.width, 2 * out_channels)(x_cond)
+    h = CouplingNet(self.width, 2 * out_channels, self.dtype)(x_cond)
     shift, raw_scale = jnp.split(h, 2, axis=-1)
     log_scale = jax.nn.log_sigmoid(raw_scale + _SCALE_OFFSET)
     return shift, log_scale
@@ -162,6 +174,7 @@ class AffineCoupling(nn.Module):
 class SplitPrior(nn.Module):
   """Factors out the second channel half z as eps = (z - mean) / std, mean and
   log std from a zero-initialised conv of the kept half (starts as N(0, I))."""
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, reverse: bool = False,
@@ -169,7 +182,8 @@ class SplitPrior(nn.Module):
     """Forward: x -> (kept, eps, logdet). Reverse: (kept, eps) -> x."""
     c = x_BHWC.shape[-1] if not reverse else 2 * x_BHWC.shape[-1]
     kept = x_BHWC[..., :c // 2]
-    h = nn.Conv(c, (3, 3), kernel_init=nn.initializers.zeros)(kept)
+    h = at_least_float32(nn.Conv(c, (3, 3), kernel_init=nn.initializers.zeros,
+                                 dtype=self.dtype)(kept))
     mean, log_std = jnp.split(h, 2, axis=-1)
     if reverse:
       return jnp.concatenate([kept, mean + jnp.exp(log_std) * eps_BHWC], -1)
@@ -186,7 +200,8 @@ class Op:
 
 
 def flow_plan(architecture: str, num_levels: int, steps_per_level: int,
-              lu: bool, width: int) -> tuple[list[Op], list[nn.Module], int]:
+              lu: bool, width: int, dtype: Any = None
+              ) -> tuple[list[Op], list[nn.Module], int]:
   """The order of operations, the layers to build, and the number of splits.
 
   glow:    per level: squeeze, K x [actnorm, 1x1 conv, channel coupling],
@@ -211,17 +226,17 @@ def flow_plan(architecture: str, num_levels: int, steps_per_level: int,
       for _ in range(steps_per_level):
         add(ActNorm())
         add(Invertible1x1Conv(lu=lu))
-        add(AffineCoupling(width, "channel"))
+        add(AffineCoupling(width, "channel", dtype=dtype))
     elif architecture == "realnvp":
       for k in range(steps_per_level + (1 if last else 0)):
         add(ActNorm())
-        add(AffineCoupling(width, "checkerboard", parity=k % 2))
+        add(AffineCoupling(width, "checkerboard", parity=k % 2, dtype=dtype))
       if last:
         break
       ops.append(Op("squeeze"))
       for k in range(steps_per_level):
         add(ActNorm())
-        add(AffineCoupling(width, "channel", parity=k % 2))
+        add(AffineCoupling(width, "channel", parity=k % 2, dtype=dtype))
     else:
       raise ValueError(f"unknown flow architecture {architecture!r}: "
                        "use 'glow' or 'realnvp'")
@@ -257,13 +272,15 @@ class MultiScaleFlow(nn.Module):
   steps_per_level: int = 8
   width: int = 128
   lu: bool = True
+  dtype: Any = None   # compute dtype of the coupling and split-prior networks
 
   def setup(self):
     ops, layers, num_splits = flow_plan(self.architecture, self.num_levels,
-                                        self.steps_per_level, self.lu, self.width)
+                                        self.steps_per_level, self.lu, self.width,
+                                        self.dtype)
     self.ops = ops
     self.layers = layers
-    self.splits = [SplitPrior() for _ in range(num_splits)]
+    self.splits = [SplitPrior(self.dtype) for _ in range(num_splits)]
     self.shapes = latent_shapes(ops, self.image_shape)
 
   def forward(self, y_BHWC: jax.Array) -> tuple[jax.Array, jax.Array]:
