@@ -546,9 +546,12 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4,
              else jnp.asarray(batch["image"], jnp.float32) / 255.0)
       return x01, jax.random.normal(eps_key, (b, config.model.latent_dim))
 
+    # Jitted, as optax evaluates it inside the step (evaluated op by op, a
+    # warm-up's first rates differ from those by up to 8e-6 relative).
+    jitted_schedule = jax.jit(jax_schedule)
     twin = AutoencoderTwin(config, spec.image_shape, spec.num_classes, seed,
                            getattr(torch, dtype),
-                           lambda t: float(jax_schedule(jnp.int32(t))))
+                           lambda t: float(jitted_schedule(jnp.int32(t))))
     load_flax_params(twin, state.params)
     labels = torch.from_numpy(batch["label"].astype(np.int64))
     result = {"lr_abs": lr_abs, "lr_rel": lr_abs / config.optimizer.learning_rate,
