@@ -17,7 +17,7 @@ jaxgen faster), and are written to benchmarks/RESULTS.md with the machine it
 ran on. Random uint8
 batches of the config's batch size: the data pipeline is not timed.
 
-Configs without a twin (`--configs=classifier_mnist,ddpm_mnist`) get jaxgen's
+Configs without a twin (`--configs=classifier_mnist,ddpm_cifar10`) get jaxgen's
 numbers alone. jaxgen's TFLOP/s is XLA's operation count of the step over its
 time. Where torch sees a GPU, the twins run on it in TF32 (as XLA runs float32
 there), `--torch_compile` adds a column for them with torch.compile'd networks,
@@ -29,9 +29,9 @@ times it with jaxlib's default instead.
 Twins so far: the DCGANs (benchmarks/torch_dcgan.py), the MNIST
 autoencoders ae_mnist, vae_mnist, cvae_mnist (benchmarks/torch_vae.py) and the
 four flows glow_mnist, realnvp_mnist, glow_cifar10, realnvp_cifar10
-(benchmarks/torch_flow.py); the last two are built from the jaxgen config, and
-their `check` shows they take jaxgen's step: the same loss, gradients and
-params given the same noise. Both sides draw their own noise each step
+(benchmarks/torch_flow.py) and ddpm_mnist (benchmarks/torch_ddpm.py); the last
+three are built from the jaxgen config, and their `check` shows they take
+jaxgen's step: the same loss, gradients and params given the same noise. Both sides draw their own noise each step
 (binarization, dequantization, posterior samples, GAN latents), as training
 does.
 """
@@ -62,6 +62,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import torch  # pylint: disable=g-import-not-at-top
 
 import torch_dcgan  # pylint: disable=g-import-not-at-top
+import torch_ddpm  # pylint: disable=g-import-not-at-top
 import torch_flow  # pylint: disable=g-import-not-at-top
 import torch_vae  # pylint: disable=g-import-not-at-top
 from jaxgen import data, train  # pylint: disable=g-import-not-at-top
@@ -177,6 +178,29 @@ def torch_vae_stepper(name: str, device: str, compile_nets: bool,
   return run, sample_run if twin.variational else None
 
 
+def torch_ddpm_stepper(name: str, device: str, compile_nets: bool,
+                       sample_batch: int):
+  config = torch_vae.get_config(name)
+  spec = data.SPECS[config.data.name]
+  twin = torch_ddpm.DiffusionTwin(config, spec.image_shape, spec.num_classes,
+                                  device=device, compile_nets=compile_nets)
+  batch = torch_vae.random_batch(spec, config.train.batch_size)
+  images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(device)
+  labels = torch.from_numpy(batch["label"].astype(np.int64)).to(device)
+
+  def run(n: int) -> None:
+    for _ in range(n):
+      metrics = twin.train_step(images, labels)
+    torch_sync(metrics["loss"])
+
+  def sample_run(n: int) -> None:
+    for _ in range(n):
+      samples = twin.sample(sample_batch)
+    torch_sync(samples)
+
+  return run, sample_run
+
+
 def torch_flow_stepper(name: str, device: str, compile_nets: bool,
                        sample_batch: int):
   config = torch_vae.get_config(name)
@@ -206,7 +230,7 @@ TWINS = {"dcgan_mnist": torch_dcgan_stepper, "dcgan_cifar10": torch_dcgan_steppe
          "ae_mnist": torch_vae_stepper, "vae_mnist": torch_vae_stepper,
          "cvae_mnist": torch_vae_stepper, "glow_mnist": torch_flow_stepper,
          "realnvp_mnist": torch_flow_stepper, "glow_cifar10": torch_flow_stepper,
-         "realnvp_cifar10": torch_flow_stepper}
+         "realnvp_cifar10": torch_flow_stepper, "ddpm_mnist": torch_ddpm_stepper}
 
 
 def seconds_per_step(run, steps: int) -> float:

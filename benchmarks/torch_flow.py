@@ -46,18 +46,19 @@ import torch_vae  # pylint: disable=g-import-not-at-top,wrong-import-position
 SCALE_OFFSET = 2.0  # jaxgen/nets/flow.py's _SCALE_OFFSET
 
 
-def squeeze(x_BCHW: torch.Tensor) -> torch.Tensor:
-  """jaxgen's space_to_depth(x, 2) in NCHW: channel (dy * 2 + dx) * C + c."""
+def squeeze(x_BCHW: torch.Tensor, r: int = 2) -> torch.Tensor:
+  """jaxgen's space_to_depth(x, r) in NCHW: channel (dy * r + dx) * C + c."""
   b, c, h, w = x_BCHW.shape
-  x = x_BCHW.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 3, 5, 1, 2, 4)
-  return x.reshape(b, 4 * c, h // 2, w // 2)
+  x = x_BCHW.reshape(b, c, h // r, r, w // r, r).permute(0, 3, 5, 1, 2, 4)
+  return x.reshape(b, r * r * c, h // r, w // r)
 
 
-def unsqueeze(x_BCHW: torch.Tensor) -> torch.Tensor:
-  b, c4, h, w = x_BCHW.shape
-  c = c4 // 4
-  x = x_BCHW.reshape(b, 2, 2, c, h, w).permute(0, 3, 4, 1, 5, 2)
-  return x.reshape(b, c, 2 * h, 2 * w)
+def unsqueeze(x_BCHW: torch.Tensor, r: int = 2) -> torch.Tensor:
+  """jaxgen's depth_to_space(x, r) in NCHW."""
+  b, crr, h, w = x_BCHW.shape
+  c = crr // (r * r)
+  x = x_BCHW.reshape(b, r, r, c, h, w).permute(0, 3, 4, 1, 5, 2)
+  return x.reshape(b, c, r * h, r * w)
 
 
 class ActNorm(nn.Module):
