@@ -322,7 +322,9 @@ def render(args: argparse.Namespace, arms: list[str], torch_device: str,
                  f"| {tflops} | " + " | ".join(cells) + " |")
   if sample_rows:
     lines += ["", f"Sampling: images/s of `sample()` (the twins' same function: "
-              f"G(z), or the decoder means of z ~ N(0, I)) at {args.sample_batch} "
+              f"G(z), the decoder means of z ~ N(0, I), a flow's inverse at the "
+              f"config's temperature, or DDIM with the config's steps on the EMA "
+              f"weights) at {args.sample_batch} "
               f"images per call, {args.sample_calls} calls per round.", "",
               "| config | jaxgen img/s | PyTorch img/s | ratio (jaxgen/PyTorch speed) |",
               "|---|---|---|---|"]
