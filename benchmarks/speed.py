@@ -155,19 +155,29 @@ def torch_dcgan_stepper(name: str, device: str, compile_nets: bool,
   return run, sample_run
 
 
-def torch_vae_stepper(name: str, device: str, compile_nets: bool,
-                      sample_batch: int):
+def config_twin_stepper(name: str, device: str, compile_nets: bool,
+                        sample_batch: int):
+  """(train-step runner, sampling runner or None) of a twin built from the
+  jaxgen config: autoencoders, flows, diffusion."""
   config = torch_vae.get_config(name)
   spec = data.SPECS[config.data.name]
-  twin = torch_vae.AutoencoderTwin(config, spec.image_shape, spec.num_classes,
-                                   device=device, compile_nets=compile_nets)
   batch = torch_vae.random_batch(spec, config.train.batch_size)
   images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(device)
   labels = torch.from_numpy(batch["label"].astype(np.int64)).to(device)
+  if config.model.family == "flow":  # actnorm initialises from a batch
+    twin = torch_flow.FlowTwin(config, spec.image_shape, images, device=device,
+                               compile_nets=compile_nets)
+    step = lambda: twin.train_step(images)
+  else:
+    cls = (torch_ddpm.DiffusionTwin if config.model.family == "diffusion"
+           else torch_vae.AutoencoderTwin)
+    twin = cls(config, spec.image_shape, spec.num_classes, device=device,
+               compile_nets=compile_nets)
+    step = lambda: twin.train_step(images, labels)
 
   def run(n: int) -> None:
     for _ in range(n):
-      metrics = twin.train_step(images, labels)
+      metrics = step()
     torch_sync(metrics["loss"])
 
   def sample_run(n: int) -> None:
@@ -175,62 +185,16 @@ def torch_vae_stepper(name: str, device: str, compile_nets: bool,
       samples = twin.sample(sample_batch)
     torch_sync(samples)
 
-  return run, sample_run if twin.variational else None
-
-
-def torch_ddpm_stepper(name: str, device: str, compile_nets: bool,
-                       sample_batch: int):
-  config = torch_vae.get_config(name)
-  spec = data.SPECS[config.data.name]
-  twin = torch_ddpm.DiffusionTwin(config, spec.image_shape, spec.num_classes,
-                                  device=device, compile_nets=compile_nets)
-  batch = torch_vae.random_batch(spec, config.train.batch_size)
-  images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(device)
-  labels = torch.from_numpy(batch["label"].astype(np.int64)).to(device)
-
-  def run(n: int) -> None:
-    for _ in range(n):
-      metrics = twin.train_step(images, labels)
-    torch_sync(metrics["loss"])
-
-  def sample_run(n: int) -> None:
-    for _ in range(n):
-      samples = twin.sample(sample_batch)
-    torch_sync(samples)
-
-  return run, sample_run
-
-
-def torch_flow_stepper(name: str, device: str, compile_nets: bool,
-                       sample_batch: int):
-  config = torch_vae.get_config(name)
-  spec = data.SPECS[config.data.name]
-  batch = torch_vae.random_batch(spec, config.train.batch_size)
-  images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(device)
-  twin = torch_flow.FlowTwin(config, spec.image_shape, images, device=device,
-                             compile_nets=compile_nets)
-
-  def run(n: int) -> None:
-    for _ in range(n):
-      metrics = twin.train_step(images)
-    torch_sync(metrics["loss"])
-
-  def sample_run(n: int) -> None:
-    for _ in range(n):
-      samples = twin.sample(sample_batch)
-    torch_sync(samples)
-
-  return run, sample_run
+  return run, sample_run if getattr(twin, "variational", True) else None
 
 
 # The one override that keeps the network (and so the twin comparison): k train
 # steps per dispatch.
 DISPATCH_KEY = "train.steps_per_dispatch"
 TWINS = {"dcgan_mnist": torch_dcgan_stepper, "dcgan_cifar10": torch_dcgan_stepper,
-         "ae_mnist": torch_vae_stepper, "vae_mnist": torch_vae_stepper,
-         "cvae_mnist": torch_vae_stepper, "glow_mnist": torch_flow_stepper,
-         "realnvp_mnist": torch_flow_stepper, "glow_cifar10": torch_flow_stepper,
-         "realnvp_cifar10": torch_flow_stepper, "ddpm_mnist": torch_ddpm_stepper}
+         **{name: config_twin_stepper for name in (
+             "ae_mnist", "vae_mnist", "cvae_mnist", "glow_mnist", "realnvp_mnist",
+             "glow_cifar10", "realnvp_cifar10", "ddpm_mnist")}}
 
 
 def seconds_per_step(run, steps: int) -> float:

@@ -472,7 +472,7 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4
     twin = FlowTwin(config, spec.image_shape, images, seed, torch.float64,
                     lambda t: float(jitted_schedule(jnp.int32(t))))
     load_flax_params(twin, state.params)
-    result = {"metric_abs": 0.0, "metric_rel": 0.0, "grad_abs": 0.0, "grad_rel": 0.0}
+    result: dict[str, float] = {}
     for i in range(steps):
       key = jax.random.PRNGKey(seed + 1 + i)
       grads = grad_fn(state.params, state, batch, key)
@@ -481,19 +481,12 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4
       grad_abs, grad_rel = relative_diffs(flax_leaves(grads), twin, of_grads=True)
       twin.apply_gradients(ours["grad_norm"])
       state, metrics = step_fn(state, batch, key)
-      for name, value in metrics.items():
-        diff = abs(float(ours[name]) - float(value))
-        result["metric_abs"] = max(result["metric_abs"], diff)
-        result["metric_rel"] = max(result["metric_rel"],
-                                   diff / max(abs(float(value)), 1e-30))
-      result["grad_abs"] = max(result["grad_abs"], grad_abs)
-      result["grad_rel"] = max(result["grad_rel"], grad_rel)
+      torch_vae.record_metric_diffs(result, ours, metrics)
+      torch_vae.record_max(result, "grad", grad_abs, grad_rel)
     result["param_abs"], result["param_rel"] = relative_diffs(
         flax_leaves(state.params), twin, of_grads=False)
     result["loss"] = float(metrics["loss"])
-  for kind in ("metric", "grad", "param"):
-    assert result[f"{kind}_rel"] <= tol, (
-        f"{kind}s differ: max relative difference {result[f'{kind}_rel']:.2e} > {tol}")
+  torch_vae.assert_within(result, ("metric", "grad", "param"), tol)
   return result
 
 

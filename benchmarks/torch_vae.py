@@ -483,6 +483,28 @@ def random_batch(spec: Any, batch_size: int, seed: int = 0) -> dict[str, np.ndar
           "label": rng.integers(0, spec.num_classes, batch_size, dtype=np.int32)}
 
 
+def record_max(result: dict[str, float], kind: str, abs_diff: float,
+               rel_diff: float) -> None:
+  """Keeps the largest `kind`_abs and `kind`_rel difference seen in result."""
+  result[f"{kind}_abs"] = max(result.get(f"{kind}_abs", 0.0), abs_diff)
+  result[f"{kind}_rel"] = max(result.get(f"{kind}_rel", 0.0), rel_diff)
+
+
+def record_metric_diffs(result: dict[str, float], ours: dict[str, Any],
+                        metrics: dict[str, Any]) -> None:
+  """Every metric of jaxgen's step against the twin's, into result["metric_*"]."""
+  for name, value in metrics.items():
+    diff = abs(float(ours[name]) - float(value))
+    record_max(result, "metric", diff, diff / max(abs(float(value)), 1e-30))
+
+
+def assert_within(result: dict[str, float], kinds: tuple[str, ...], tol: float
+                  ) -> None:
+  for kind in kinds:
+    assert result[f"{kind}_rel"] <= tol, (
+        f"{kind}s differ: max relative difference {result[f'{kind}_rel']:.2e} > {tol}")
+
+
 def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4,
           dtype: str = "float64") -> dict[str, float]:
   """Twin vs jaxgen on one batch for `steps` train steps, with jaxgen's noise
@@ -554,8 +576,7 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4,
                            lambda t: float(jitted_schedule(jnp.int32(t))))
     load_flax_params(twin, state.params)
     labels = torch.from_numpy(batch["label"].astype(np.int64))
-    result = {"lr_abs": lr_abs, "lr_rel": lr_abs / config.optimizer.learning_rate,
-              "metric_abs": 0.0, "metric_rel": 0.0, "grad_abs": 0.0, "grad_rel": 0.0}
+    result = {"lr_abs": lr_abs, "lr_rel": lr_abs / config.optimizer.learning_rate}
     for i in range(steps):
       key = jax.random.PRNGKey(seed + 1 + i)
       grads = grad_fn(state.params, state, batch, key)
@@ -566,19 +587,12 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4,
       grad_abs, grad_rel = relative_diffs(flax_leaves(grads), twin, of_grads=True)
       twin.apply_gradients(ours["grad_norm"])
       state, metrics = step_fn(state, batch, key)
-      for name, value in metrics.items():
-        diff = abs(float(ours[name]) - float(value))
-        result["metric_abs"] = max(result["metric_abs"], diff)
-        result["metric_rel"] = max(result["metric_rel"],
-                                   diff / max(abs(float(value)), 1e-30))
-      result["grad_abs"] = max(result["grad_abs"], grad_abs)
-      result["grad_rel"] = max(result["grad_rel"], grad_rel)
+      record_metric_diffs(result, ours, metrics)
+      record_max(result, "grad", grad_abs, grad_rel)
     result["param_abs"], result["param_rel"] = relative_diffs(
         flax_leaves(state.params), twin, of_grads=False)
     result["loss"] = float(metrics["loss"])
-  for kind in ("lr", "metric", "grad", "param"):
-    assert result[f"{kind}_rel"] <= tol, (
-        f"{kind}s differ: max relative difference {result[f'{kind}_rel']:.2e} > {tol}")
+  assert_within(result, ("lr", "metric", "grad", "param"), tol)
   return result
 
 
