@@ -37,7 +37,6 @@ its own (XLA's and torch's float32 exp and sin differ by an ulp of the angle).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import os
@@ -466,15 +465,8 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("mode", choices=["check"])
-  parser.add_argument("--config", default="ddpm_mnist",
-                      help="comma-separated config names (name or name:smoke)")
-  parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                      help="config override, e.g. model.objective=v")
-  parser.add_argument("--steps", type=int, default=3)
-  parser.add_argument("--tol", type=float, default=1e-4)
-  args = parser.parse_args()
+  args = torch_vae.check_arg_parser(__doc__, "ddpm_mnist",
+                                    "model.objective=v").parse_args()
   for name in args.config.split(","):
     r = check(torch_vae.get_config(name, args.set), args.steps, tol=args.tol)
     print(f"{name} (float64, dropout 0): OK over {args.steps} steps (loss "

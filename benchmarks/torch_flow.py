@@ -26,7 +26,6 @@ jaxgen's.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -491,16 +490,9 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("mode", choices=["check"])
-  parser.add_argument("--config",
-                      default="glow_mnist,realnvp_mnist,glow_cifar10,realnvp_cifar10",
-                      help="comma-separated config names (name or name:smoke)")
-  parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                      help="config override, e.g. model.lu=False")
-  parser.add_argument("--steps", type=int, default=3)
-  parser.add_argument("--tol", type=float, default=1e-4)
-  args = parser.parse_args()
+  args = torch_vae.check_arg_parser(
+      __doc__, "glow_mnist,realnvp_mnist,glow_cifar10,realnvp_cifar10",
+      "model.lu=False").parse_args()
   for name in args.config.split(","):
     r = check(torch_vae.get_config(name, args.set), args.steps, tol=args.tol)
     print(f"{name} (float64): OK over {args.steps} steps (loss {r['loss']:.4f}); "

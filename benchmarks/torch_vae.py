@@ -596,15 +596,23 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4,
   return result
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def check_arg_parser(doc: str, default_configs: str, set_example: str
+                     ) -> argparse.ArgumentParser:
+  """The command line of a twin's `check` (torch_vae, torch_flow, torch_ddpm)."""
+  parser = argparse.ArgumentParser(description=doc.split("\n")[0])
   parser.add_argument("mode", choices=["check"])
-  parser.add_argument("--config", default="ae_mnist,vae_mnist,cvae_mnist",
+  parser.add_argument("--config", default=default_configs,
                       help="comma-separated config names (name or name:smoke)")
   parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                      help="config override, e.g. model.kl_warmup_steps=2")
+                      help=f"config override, e.g. {set_example}")
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--tol", type=float, default=1e-4)
+  return parser
+
+
+def main() -> None:
+  parser = check_arg_parser(__doc__, "ae_mnist,vae_mnist,cvae_mnist",
+                            "model.kl_warmup_steps=2")
   parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
   args = parser.parse_args()
   for name in args.config.split(","):
