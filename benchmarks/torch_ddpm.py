@@ -374,14 +374,8 @@ def load_flax_params(twin: DiffusionTwin, params: Any) -> None:
 
 def relative_diffs(jax_leaves: dict[str, np.ndarray], ours: dict[str, torch.Tensor],
                    of_grads: bool) -> tuple[float, float]:
-  max_abs, max_rel = 0.0, 0.0
-  for name, tensor in ours.items():
-    value = (tensor.grad if of_grads else tensor).detach()
-    ref = to_torch_layout(name, jax_leaves[name])
-    diff = float((value - ref).abs().max())
-    max_abs = max(max_abs, diff)
-    max_rel = max(max_rel, diff / max(float(ref.abs().max()), 1e-30))
-  return max_abs, max_rel
+  refs = {name: to_torch_layout(name, jax_leaves[name]) for name in ours}
+  return torch_vae.max_tensor_diffs(refs, ours, of_grads)
 
 
 def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4
@@ -406,13 +400,7 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4
     batch = torch_vae.random_batch(spec, config.train.batch_size, seed)
     schedule = jax.jit(optim.learning_rate_schedule(config.optimizer,
                                                     config.train.num_steps))
-    state = jax.tree.map(
-        lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-        jax.jit(family.init)(jax.random.PRNGKey(seed), batch))
-    step_fn = jax.jit(family.train_step)
-    grad_fn = jax.jit(jax.grad(
-        lambda params, st, bt, key: family.train_step(st.replace(params=params),
-                                                      bt, key)[1]["loss"]))
+    state, step_fn, grad_fn = torch_vae.jaxgen_step_in(family, batch, seed, "float64")
     b, num_t = config.train.batch_size, int(config.model.num_timesteps)
 
     @jax.jit

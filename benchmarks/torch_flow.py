@@ -424,18 +424,12 @@ def load_flax_params(twin: FlowTwin, params: Any) -> None:
 
 def relative_diffs(jax_leaves: dict[str, np.ndarray], twin: FlowTwin,
                    of_grads: bool) -> tuple[float, float]:
-  """(max abs, max relative-to-the-tensor's-largest) difference over every
-  trained tensor (the LU conv's fixed p and sign_s have no gradient)."""
-  max_abs, max_rel = 0.0, 0.0
-  for name, tensor in twin.named_tensors().items():
-    if not isinstance(tensor, nn.Parameter):
-      continue
-    ours = (tensor.grad if of_grads else tensor).detach()
-    ref = to_torch_layout(name, jax_leaves[name])
-    diff = float((ours - ref).abs().max())
-    max_abs = max(max_abs, diff)
-    max_rel = max(max_rel, diff / max(float(ref.abs().max()), 1e-30))
-  return max_abs, max_rel
+  """torch_vae.max_tensor_diffs over every trained tensor (the LU conv's fixed
+  p and sign_s have no gradient)."""
+  trained = {name: tensor for name, tensor in twin.named_tensors().items()
+             if isinstance(tensor, nn.Parameter)}
+  refs = {name: to_torch_layout(name, jax_leaves[name]) for name in trained}
+  return torch_vae.max_tensor_diffs(refs, trained, of_grads)
 
 
 def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4
@@ -455,13 +449,7 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4
     family = make_family(config, spec)
     batch = torch_vae.random_batch(spec, config.train.batch_size, seed)
     schedule = optim.learning_rate_schedule(config.optimizer, config.train.num_steps)
-    state = jax.tree.map(
-        lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-        jax.jit(family.init)(jax.random.PRNGKey(seed), batch))
-    step_fn = jax.jit(family.train_step)
-    grad_fn = jax.jit(jax.grad(
-        lambda params, st, bt, key: family.train_step(st.replace(params=params),
-                                                      bt, key)[1]["loss"]))
+    state, step_fn, grad_fn = torch_vae.jaxgen_step_in(family, batch, seed, "float64")
     dequantize = jax.jit(lambda key: flow_model.dequantize(key, batch["image"]))
     images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
     # Jitted, as optax evaluates it inside the step: evaluated op by op the

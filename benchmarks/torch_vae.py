@@ -439,17 +439,13 @@ def load_flax_params(twin: AutoencoderTwin, params: Any) -> None:
 
 def relative_diffs(jax_leaves: dict[str, tuple[np.ndarray, np.ndarray]],
                    twin: AutoencoderTwin, of_grads: bool) -> tuple[float, float]:
-  """(max abs difference, max of abs difference / the tensor's max abs) over
-  all tensors, between jaxgen's (converted) and the twin's params or grads."""
-  max_abs, max_rel = 0.0, 0.0
+  """max_tensor_diffs over every weight and bias, between jaxgen's
+  (converted) and the twin's params or grads."""
+  refs, ours = {}, {}
   for name, (module, kind, shape) in twin.flax_layout().items():
-    for ref, ours in zip(to_torch(*jax_leaves[name], kind, shape),
-                         (module.weight, module.bias)):
-      ours = (ours.grad if of_grads else ours).detach()
-      diff = float((ours - ref).abs().max())
-      max_abs = max(max_abs, diff)
-      max_rel = max(max_rel, diff / max(float(ref.abs().max()), 1e-30))
-  return max_abs, max_rel
+    refs[f"{name}/weight"], refs[f"{name}/bias"] = to_torch(*jax_leaves[name], kind, shape)
+    ours[f"{name}/weight"], ours[f"{name}/bias"] = module.weight, module.bias
+  return max_tensor_diffs(refs, ours, of_grads)
 
 
 def get_config(name: str, overrides: list[str] = ()) -> Any:
@@ -481,6 +477,39 @@ def random_batch(spec: Any, batch_size: int, seed: int = 0) -> dict[str, np.ndar
   return {"image": rng.integers(0, 256, (batch_size, *spec.image_shape),
                                 dtype=np.uint8),
           "label": rng.integers(0, spec.num_classes, batch_size, dtype=np.int32)}
+
+
+def jaxgen_step_in(family: Any, batch: dict[str, np.ndarray], seed: int,
+                   dtype: str) -> tuple[Any, Callable, Callable]:
+  """jaxgen's initial state with its float params cast to `dtype`, its jitted
+  train_step, and the jitted gradient of the loss that train_step reports
+  (through jaxgen's own loss code) with respect to the params. Call it
+  under jax.enable_x64 for float64."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jnp = jax.numpy
+  state = jax.tree.map(
+      lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+      jax.jit(family.init)(jax.random.PRNGKey(seed), batch))
+  step_fn = jax.jit(family.train_step)
+  grad_fn = jax.jit(jax.grad(
+      lambda params, st, bt, key: family.train_step(st.replace(params=params),
+                                                    bt, key)[1]["loss"]))
+  return state, step_fn, grad_fn
+
+
+def max_tensor_diffs(refs: dict[str, torch.Tensor], ours: dict[str, torch.Tensor],
+                     of_grads: bool) -> tuple[float, float]:
+  """(max abs difference, max of abs difference / the reference's max abs)
+  over the tensors of `ours` (their .grad with of_grads) against `refs`, the
+  same names in the twin's layout."""
+  max_abs, max_rel = 0.0, 0.0
+  for name, tensor in ours.items():
+    value = (tensor.grad if of_grads else tensor).detach()
+    ref = refs[name]
+    diff = float((value - ref).abs().max())
+    max_abs = max(max_abs, diff)
+    max_rel = max(max_rel, diff / max(float(ref.abs().max()), 1e-30))
+  return max_abs, max_rel
 
 
 def record_max(result: dict[str, float], kind: str, abs_diff: float,
@@ -552,13 +581,7 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4,
     twin_lr = np.array([learning_rate(config.optimizer, config.train.num_steps, t)
                         for t in all_steps.tolist()])
     lr_abs = float(np.abs(twin_lr - jax_lr).max())
-    state = jax.tree.map(
-        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-        jax.jit(family.init)(jax.random.PRNGKey(seed), batch))
-    step_fn = jax.jit(family.train_step)
-    grad_fn = jax.jit(jax.grad(
-        lambda params, st, bt, key: family.train_step(st.replace(params=params),
-                                                      bt, key)[1]["loss"]))
+    state, step_fn, grad_fn = jaxgen_step_in(family, batch, seed, dtype)
 
     @jax.jit
     def noise(key):
