@@ -357,19 +357,9 @@ class DiffusionTwin:
     return {_to_flax_name(name): p for name, p in net.named_parameters()}
 
 
-def flax_leaves(params: Any) -> dict[str, np.ndarray]:
-  return torch_flow.flax_leaves(params)
-
-
 def load_flax_params(twin: DiffusionTwin, params: Any) -> None:
-  leaves, ours = flax_leaves(params), twin.named_tensors()
-  if set(leaves) != set(ours):
-    raise ValueError(f"tensors differ: jaxgen only {sorted(set(leaves) - set(ours))}, "
-                     f"twin only {sorted(set(ours) - set(leaves))}")
-  with torch.no_grad():
-    for name, tensor in ours.items():
-      tensor.copy_(to_torch_layout(name, leaves[name]))
-    twin.ema.load_state_dict(twin.net.state_dict())
+  torch_flow.copy_flax_tensors(twin.named_tensors(), params, to_torch_layout)
+  twin.ema.load_state_dict(twin.net.state_dict())
 
 
 def relative_diffs(jax_leaves: dict[str, np.ndarray], ours: dict[str, torch.Tensor],
@@ -436,16 +426,16 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4
           x0, torch.tensor(np.asarray(t_B)).long(),
           torch.tensor(np.asarray(noise)).permute(0, 3, 1, 2).contiguous(),
           None if labels is None else torch.tensor(np.asarray(labels)).long())
-      grad_abs, grad_rel = relative_diffs(flax_leaves(grads), twin.named_tensors(),
+      grad_abs, grad_rel = relative_diffs(torch_flow.flax_leaves(grads), twin.named_tensors(),
                                           of_grads=True)
       twin.apply_gradients(ours["grad_norm"])
       state, metrics = step_fn(state, batch, key)
       torch_vae.record_metric_diffs(result, ours, metrics)
       torch_vae.record_max(result, "grad", grad_abs, grad_rel)
     result["param_abs"], result["param_rel"] = relative_diffs(
-        flax_leaves(state.params), twin.named_tensors(), of_grads=False)
+        torch_flow.flax_leaves(state.params), twin.named_tensors(), of_grads=False)
     result["ema_abs"], result["ema_rel"] = relative_diffs(
-        flax_leaves(state.ema_params), twin.named_tensors(ema=True), of_grads=False)
+        torch_flow.flax_leaves(state.ema_params), twin.named_tensors(ema=True), of_grads=False)
     result["loss"] = float(metrics["loss"])
   assert result["embedding_abs"] < 1e-4, result["embedding_abs"]
   torch_vae.assert_within(result, ("metric", "grad", "param", "ema"), tol)

@@ -409,14 +409,22 @@ def flax_leaves(params: Any) -> dict[str, np.ndarray]:
   return out
 
 
-def load_flax_params(twin: FlowTwin, params: Any) -> None:
-  leaves, ours = flax_leaves(params), twin.named_tensors()
+def copy_flax_tensors(ours: dict[str, torch.Tensor], params: Any,
+                      layout: Callable[[str, np.ndarray], torch.Tensor]) -> None:
+  """Copies jaxgen's params into the twin's tensors of the same Flax names
+  (`layout` converts each to the twin's layout); both sides must hold
+  exactly the same names."""
+  leaves = flax_leaves(params)
   if set(leaves) != set(ours):
     raise ValueError(f"tensors differ: jaxgen only {sorted(set(leaves) - set(ours))}, "
                      f"twin only {sorted(set(ours) - set(leaves))}")
   with torch.no_grad():
     for name, tensor in ours.items():
-      tensor.copy_(to_torch_layout(name, leaves[name]))
+      tensor.copy_(layout(name, leaves[name]))
+
+
+def load_flax_params(twin: FlowTwin, params: Any) -> None:
+  copy_flax_tensors(twin.named_tensors(), params, to_torch_layout)
   for module in twin.flow.modules():
     if isinstance(module, ActNorm):
       module.initialized = True
