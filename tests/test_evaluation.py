@@ -158,6 +158,7 @@ def test_conditional_vae_reports_conditional_accuracy(smoke_classifier, mnist,
   accuracy = result["sample_metrics"]["conditional_accuracy_mnistnet_1k"]
   assert 0.0 <= accuracy <= 1.0
   assert "one-hot label" in result["protocol"]["conditional"]
+  assert result["protocol"]["compute_dtype"] == "float32"
 
 
 def test_non_finite_samples_are_counted_and_left_out(smoke_classifier, trained_vae,

@@ -380,6 +380,9 @@ def run(s: Setup, state: Any | None = None) -> dict[str, Any]:
       },
       "wall_seconds": round(time.perf_counter() - start, 2),
   }
+  if "compute_dtype" in s.config.model:
+    # bfloat16 networks score differently from float32 ones on the same params.
+    result["protocol"]["compute_dtype"] = s.config.model.compute_dtype
   if s.family.encode is not None:
     result["latent"] = latent_statistics(s, state, split)
   if s.family.sample is not None and s.config.eval.num_samples:
