@@ -117,6 +117,36 @@ def test_each_update_changes_only_its_own_network(mnist, tmp_path):
   assert not leaves_equal(params["generator"], state.params["generator"])
 
 
+def test_ema_copies_until_its_start_then_averages_and_sampling_uses_it(mnist,
+                                                                       tmp_path):
+  config = smoke_config("dcgan_mnist", {"model.ema_decay": 0.9, "model.ema_start": 2})
+  s, batch = setup_and_batch(config, mnist, tmp_path)
+  step = jax.jit(s.family.train_step)
+  states = [train.init_state(s, batch)]
+  for i in range(3):
+    states.append(step(states[-1], batch, jax.random.PRNGKey(i))[0])
+  # Steps 0 and 1 run before ema_start: the EMA is a copy of G.
+  assert leaves_equal(states[2].ema_params, states[2].params["generator"])
+  expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, states[2].ema_params,
+                          states[3].params["generator"])
+  for got, want in zip(jax.tree.leaves(states[3].ema_params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  assert not leaves_equal(states[3].ema_params, states[3].params["generator"])
+
+  key = jax.random.PRNGKey(7)
+  live = states[3].replace(ema_params=states[3].params["generator"])
+  sample = lambda family, st: np.asarray(family.sample(st, key, 8))
+  from_ema = sample(s.family, states[3])
+  assert np.array_equal(from_ema, sample(s.family, states[3]))
+  assert not np.array_equal(from_ema, sample(s.family, live))
+  # ema_decay=0 at sampling time reads the same checkpoint's live generator.
+  config.model.ema_decay = 0.0
+  live_family = train.setup(config, tmp_path, s.mesh, mnist).family
+  assert np.array_equal(sample(live_family, states[3]), sample(s.family, live))
+  assert "EMA generator weights (decay 0.9)" in s.family.eval_protocol["sampling"]
+  assert "EMA" not in live_family.eval_protocol["sampling"]
+
+
 def test_conditional_gan_uses_the_label_in_both_networks(cifar10, tmp_path):
   # cgan_cifar10 is the DCGAN recipe plus hinge and labels: the label must
   # change what G draws from the same z and how D scores the same image.

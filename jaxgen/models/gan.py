@@ -312,8 +312,11 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
                     opt_state=opt_state, ema_params=ema_params), metrics
 
   def generate_images(state: GANState, z_BL: jax.Array, labels_B) -> jax.Array:
-    x, _ = generate(state.ema_params, state.stats["generator"], z_BL, labels_B,
-                    train=False)
+    # Reading the live weights when the EMA is off (they equal ema_params in a
+    # run trained that way) lets `--config.model.ema_decay=0` sample and score
+    # an EMA run's live generator from the same checkpoint.
+    g_params = state.ema_params if ema_decay else state.params["generator"]
+    x, _ = generate(g_params, state.stats["generator"], z_BL, labels_B, train=False)
     return (x + 1.0) / 2.0
 
   def sample(state: GANState, key: jax.Array, num: int, labels=None) -> jax.Array:
