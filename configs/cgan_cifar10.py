@@ -9,7 +9,7 @@ Only the loss and the conditioning differ from configs/dcgan_cifar10.py, so a
 comparison at a fixed step budget isolates them. Samples are drawn for the
 labels i % 10, so their label marginal is the data's (uniform) and the
 Frechet distance compares the same p(x) as an unconditional model's.
-At 3,000 steps it ties DCGAN over two seeds (README, "The GAN family");
+At 3,000 steps it ties DCGAN over several seeds (README, "The GAN family");
 configs/sngan_cifar10.py (spectral norm, no batch norm in D) learns more
 slowly in its first thousands of steps and loses to both there.
 """
