@@ -14,13 +14,16 @@ from conftest import check_bfloat16_compute, set_overrides
 from configs import cgan_cifar10, dcgan_cifar10, dcgan_mnist, sngan_cifar10
 from jaxgen import configlib, evaluate, sharding, train
 from jaxgen.models import gan
-from jaxgen.nets.gan import Discriminator, Generator
+from jaxgen.nets.gan import ConditionalNorm, Discriminator, Generator
 
 CONFIGS = {"dcgan_mnist": dcgan_mnist, "dcgan_cifar10": dcgan_cifar10,
            "sngan_cifar10": sngan_cifar10, "cgan_cifar10": cgan_cifar10}
 VARIANTS = {
     "wgan_gp": {"model.loss": "wgan_gp", "model.disc_norm": "layer"},
     "conditional": {"model.conditional": True, "model.spectral_norm": True},
+    "conditional_norm": {"model.conditional": True, "model.gen_conditioning": "norm"},
+    "conditional_layer_norm": {"model.conditional": True, "model.gen_conditioning": "norm",
+                               "model.gen_norm": "layer", "model.loss": "hinge"},
     "strided": {"model.downsample": "strided", "model.ema_decay": 0.9},
     "no_norm_hinge": {"model.gen_norm": "none", "model.disc_norm": "none",
                       "model.loss": "hinge"},
@@ -170,6 +173,44 @@ def test_conditional_gan_uses_the_label_in_both_networks(cifar10, tmp_path):
   assert float(jnp.max(jnp.abs(scores - scores_relabelled))) > 1e-4
 
 
+@pytest.mark.parametrize("kind", ["batch", "layer"])
+def test_conditional_norm_applies_the_gain_and_bias_of_each_label(kind):
+  x_BHWC = jax.random.normal(jax.random.PRNGKey(0), (6, 3, 3, 4)) * 3.0 + 1.0
+  labels = jnp.array([0, 1, 2, 0, 1, 2])
+  onehot = jax.nn.one_hot(labels, 3)
+  layer = ConditionalNorm(kind, train=True)
+  variables = layer.init(jax.random.PRNGKey(1), x_BHWC, onehot)
+  gain = np.array([[1.0, 2.0, 0.5, -1.0], [0.0, 0.1, 3.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
+  bias = np.array([[0.0, 1.0, -1.0, 0.5], [3.0, 0.0, 0.0, 0.0], [-2.0, 0.2, 0.0, 1.0]])
+  params = {"class_gain": {"kernel": jnp.asarray(gain)},
+            "class_bias": {"kernel": jnp.asarray(bias)}}
+  # At init every class has gain 1 and bias 0: the plain normalization.
+  x = np.asarray(x_BHWC, np.float64)
+  axes = (0, 1, 2) if kind == "batch" else (-1,)
+  normalized = (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + 1e-5)
+  at_init, _ = layer.apply(variables, x_BHWC, onehot, mutable=["batch_stats"])
+  np.testing.assert_allclose(np.asarray(at_init), normalized, atol=1e-5)
+  out, _ = layer.apply({**variables, "params": params}, x_BHWC, onehot,
+                       mutable=["batch_stats"])
+  by_hand = normalized * (1.0 + gain[labels])[:, None, None] + bias[labels][:, None, None]
+  np.testing.assert_allclose(np.asarray(out), by_hand, atol=1e-4)
+
+
+def test_generator_with_conditional_norm_takes_the_label_only_through_its_norms():
+  z, onehot = jax.random.normal(jax.random.PRNGKey(0), (4, 16)), jnp.eye(10)[:4]
+  generator = Generator(image_shape=(32, 32, 3), widths=(16, 8, 8), conditioning="norm")
+  params = jax.jit(lambda key: generator.init(key, z, onehot, train=False))(
+      jax.random.PRNGKey(1))["params"]
+  assert params["Dense_0"]["kernel"].shape[0] == 16   # z alone: no label concatenated
+  norms = [name for name in params if name.startswith("ConditionalNorm")]
+  assert len(norms) == 3, sorted(params)
+  for name in norms:
+    assert params[name]["class_gain"]["kernel"].shape[0] == 10
+  with pytest.raises(ValueError, match="needs a norm layer"):
+    Generator(image_shape=(32, 32, 3), widths=(16, 8, 8), norm="none",
+              conditioning="norm").init(jax.random.PRNGKey(1), z, onehot, train=False)
+
+
 def test_discriminator_learns_to_tell_real_from_a_fixed_generator(mnist, tmp_path):
   config = smoke_config("dcgan_mnist")
   config.optimizer.learning_rate = 1e-3
@@ -245,6 +286,8 @@ def test_spectral_norm_estimate_matches_numpy_svd():
     ({"model.ema_decay": 1.0}, "model.ema_decay"),
     ({"data.binarize": "dynamic"}, "data.binarize"),
     ({"model.compute_dtype": "float16"}, "model.compute_dtype"),
+    ({"model.gen_conditioning": "film"}, "model.gen_conditioning"),
+    ({"model.gen_conditioning": "norm", "model.gen_norm": "none"}, "model.gen_norm"),
 ])
 def test_bad_gan_configs_name_the_key(overrides, key, mnist):
   config = smoke_config("dcgan_mnist", overrides)

@@ -37,7 +37,7 @@ from ml_collections import ConfigDict
 from jaxgen import configlib, nets, optim
 from jaxgen.data import DatasetSpec
 from jaxgen.models import Batch, Family, Metrics
-from jaxgen.nets.gan import NORMS, Discriminator, Generator
+from jaxgen.nets.gan import GEN_CONDITIONING, NORMS, Discriminator, Generator
 
 LOSSES = ("nonsaturating", "hinge", "wgan_gp")
 
@@ -68,7 +68,10 @@ def add_model_config(config: ConfigDict) -> None:
   m.disc_learning_rate = 0.0      # 0: optimizer.learning_rate (TTUR: differ)
   m.ema_decay = 0.0               # > 0: sample from an EMA of G's weights
   m.ema_start = 0                 # EMA copies the weights until this step
-  m.conditional = False           # labels into G (concatenated) and D (projection)
+  m.conditional = False           # labels into G and D (projection)
+  # How G takes the label: "concat" (to z) | "norm" (class-conditional gain and
+  # bias in every norm layer of G: conditional batch norm).
+  m.gen_conditioning = "concat"
   # G's and D's compute dtype ("float32" | "bfloat16": GPU/TPU tensor units);
   # params, optimizer state, norm statistics and losses stay float32.
   m.compute_dtype = "float32"
@@ -94,6 +97,12 @@ def validate(config: ConfigDict) -> None:
   configlib.require_one_of(config, "model.disc_norm", NORMS)
   configlib.require_one_of(config, "model.downsample", ("space_to_depth", "strided"))
   configlib.require_one_of(config, "model.compute_dtype", configlib.COMPUTE_DTYPES)
+  configlib.require_one_of(config, "model.gen_conditioning", GEN_CONDITIONING)
+  if m.gen_conditioning == "norm":
+    configlib.require(
+        config, "model.gen_norm", m.gen_norm != "none",
+        "must be 'batch' or 'layer' with model.gen_conditioning=norm: the label "
+        "selects the gain and bias of G's norm layers")
   configlib.require(config, "model.ema_decay", 0.0 <= m.ema_decay < 1.0,
                     "must be in [0, 1): 0 disables the EMA, 0.999 is typical")
   configlib.require_widths(config, "model.gen_widths", "model.disc_widths")
@@ -168,7 +177,7 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
   conditional = bool(m.conditional)
   dtype = nets.compute_dtype(m.compute_dtype)
   generator = Generator(image_shape=spec.image_shape, widths=tuple(m.gen_widths),
-                        norm=m.gen_norm, dtype=dtype)
+                        norm=m.gen_norm, conditioning=m.gen_conditioning, dtype=dtype)
   discriminator = Discriminator(widths=tuple(m.disc_widths), norm=m.disc_norm,
                                 spectral_norm=bool(m.spectral_norm),
                                 downsample=m.downsample,

@@ -1,7 +1,8 @@
 """DCGAN-style generator and discriminator for 28x28 and 32x32 images.
 
-Generator: z (+ one-hot label) -> dense -> coarse map -> sub-pixel upsampling
-stages -> tanh image in [-1, 1]. Discriminator: downsampling stages -> dense
+Generator: z -> dense -> coarse map -> sub-pixel upsampling stages -> tanh
+image in [-1, 1]; a label enters concatenated to z or as class-conditional
+gains and biases of every norm layer (conditional batch norm). Discriminator: downsampling stages -> dense
 score (+ a projection of the label, Miyato & Koyama 2018).
 
 Resampling avoids the layers XLA's CPU backend is slow at (README, "Speed"):
@@ -36,14 +37,42 @@ _DCGAN_INIT = nn.initializers.normal(0.02)
 NORMS = ("batch", "layer", "none")
 
 
-def _norm(kind: str, train: bool, dtype: Any):
+GEN_CONDITIONING = ("concat", "norm")
+
+
+def _norm(kind: str, train: bool, dtype: Any, affine: bool = True):
+  """`affine=False`: normalize only, for ConditionalNorm's per-class affine."""
   if kind == "batch":
     # momentum 0.9 = PyTorch's BatchNorm momentum 0.1
     return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                        epsilon=1e-5, dtype=dtype)
+                        epsilon=1e-5, dtype=dtype, use_scale=affine,
+                        use_bias=affine)
   if kind == "layer":
-    return nn.LayerNorm(epsilon=1e-5, dtype=dtype)
+    return nn.LayerNorm(epsilon=1e-5, dtype=dtype, use_scale=affine,
+                        use_bias=affine)
   return lambda x: x
+
+
+class ConditionalNorm(nn.Module):
+  """Batch or layer norm whose gain and bias are chosen by the label
+  (conditional batch norm: de Vries et al. 2017; the generator of Miyato &
+  Koyama's projection cGAN). The label enters every stage of G instead of
+  only the input, so G cannot learn to ignore it. Gains start at 1 and biases
+  at 0 for every class: at init the layer is the unconditional norm."""
+  kind: str
+  train: bool
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array, cond_BK: jax.Array) -> jax.Array:
+    channels = x_BHWC.shape[-1]
+    # A bias-free Dense on a one-hot label is a per-class lookup table.
+    gain_BC = 1.0 + nn.Dense(channels, use_bias=False, kernel_init=nn.initializers.zeros,
+                             dtype=self.dtype, name="class_gain")(cond_BK)
+    bias_BC = nn.Dense(channels, use_bias=False, kernel_init=nn.initializers.zeros,
+                       dtype=self.dtype, name="class_bias")(cond_BK)
+    x = _norm(self.kind, self.train, self.dtype, affine=False)(x_BHWC)
+    return x * gain_BC[:, None, None, :] + bias_BC[:, None, None, :]
 
 
 class Generator(nn.Module):
@@ -53,10 +82,14 @@ class Generator(nn.Module):
   32x32: coarse 4x4 (three stages). Each stage after the first: conv3x3 to
   4*width, depth_to_space(2), norm, ReLU. The output stage: conv3x3 to
   4*channels, depth_to_space(2), tanh.
+
+  A label (`cond_BK`, one-hot) is concatenated to z (`conditioning="concat"`)
+  or selects the gain and bias of every norm layer ("norm", ConditionalNorm).
   """
   image_shape: tuple[int, int, int]
   widths: Sequence[int]
   norm: str = "batch"
+  conditioning: str = "concat"   # GEN_CONDITIONING
   dtype: Any = None  # compute dtype (None: the params'; jaxgen.nets)
 
   @nn.compact
@@ -69,15 +102,24 @@ class Generator(nn.Module):
       raise ValueError(f"image {height}x{width} is not divisible by {factor} "
                        f"for a generator with {len(self.widths)} widths")
     coarse = (height // factor, width // factor)
-    if cond_BK is not None:
+    by_norm = cond_BK is not None and self.conditioning == "norm"
+    if by_norm and self.norm == "none":
+      raise ValueError("conditioning='norm' needs a norm layer ('batch' or 'layer')")
+    if cond_BK is not None and not by_norm:
       z_BL = jnp.concatenate([z_BL, cond_BK.astype(z_BL.dtype)], -1)
+
+    def norm(x):
+      if by_norm:
+        return ConditionalNorm(self.norm, train, dt)(x, cond_BK)
+      return _norm(self.norm, train, dt)(x)
+
     x = nn.Dense(coarse[0] * coarse[1] * self.widths[0], kernel_init=_DCGAN_INIT,
                  dtype=dt)(z_BL)
     x = x.reshape(-1, *coarse, self.widths[0])
-    x = nn.relu(_norm(self.norm, train, dt)(x))
+    x = nn.relu(norm(x))
     for stage_width in self.widths[1:]:
       x = nn.Conv(4 * stage_width, (3, 3), kernel_init=_DCGAN_INIT, dtype=dt)(x)
-      x = nn.relu(_norm(self.norm, train, dt)(depth_to_space(x, 2)))
+      x = nn.relu(norm(depth_to_space(x, 2)))
     x = nn.Conv(4 * channels, (3, 3), kernel_init=_DCGAN_INIT, dtype=dt)(x)
     return jnp.tanh(depth_to_space(at_least_float32(x), 2))
 
