@@ -22,8 +22,6 @@ VARIANTS = {
     "wgan_gp": {"model.loss": "wgan_gp", "model.disc_norm": "layer"},
     "conditional": {"model.conditional": True, "model.spectral_norm": True},
     "conditional_norm": {"model.conditional": True, "model.gen_conditioning": "norm"},
-    "conditional_layer_norm": {"model.conditional": True, "model.gen_conditioning": "norm",
-                               "model.gen_norm": "layer", "model.loss": "hinge"},
     "strided": {"model.downsample": "strided", "model.ema_decay": 0.9},
     "no_norm_hinge": {"model.gen_norm": "none", "model.disc_norm": "none",
                       "model.loss": "hinge"},
