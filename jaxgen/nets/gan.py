@@ -2,8 +2,9 @@
 
 Generator: z -> dense -> coarse map -> sub-pixel upsampling stages -> tanh
 image in [-1, 1]; a label enters concatenated to z or as class-conditional
-gains and biases of every norm layer (conditional batch norm). Discriminator: downsampling stages -> dense
-score (+ a projection of the label, Miyato & Koyama 2018).
+gains and biases of every norm layer (conditional batch norm).
+Discriminator: downsampling stages -> dense score (+ a projection of the
+label, Miyato & Koyama 2018).
 
 Resampling avoids the layers XLA's CPU backend is slow at (README, "Speed"):
 - up: a stride-1 3x3 conv to 4*C channels + depth_to_space(2) (sub-pixel),
