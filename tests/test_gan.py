@@ -285,7 +285,9 @@ def test_spectral_norm_estimate_matches_numpy_svd():
     ({"data.binarize": "dynamic"}, "data.binarize"),
     ({"model.compute_dtype": "float16"}, "model.compute_dtype"),
     ({"model.gen_conditioning": "film"}, "model.gen_conditioning"),
-    ({"model.gen_conditioning": "norm", "model.gen_norm": "none"}, "model.gen_norm"),
+    ({"model.gen_conditioning": "norm"}, "model.gen_conditioning"),
+    ({"model.gen_conditioning": "norm", "model.conditional": True,
+      "model.gen_norm": "none"}, "model.gen_norm"),
 ])
 def test_bad_gan_configs_name_the_key(overrides, key, mnist):
   config = smoke_config("dcgan_mnist", overrides)

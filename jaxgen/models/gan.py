@@ -100,6 +100,10 @@ def validate(config: ConfigDict) -> None:
   configlib.require_one_of(config, "model.gen_conditioning", GEN_CONDITIONING)
   if m.gen_conditioning == "norm":
     configlib.require(
+        config, "model.gen_conditioning", bool(m.conditional),
+        "needs model.conditional=True: without labels G has nothing to "
+        "condition its norm layers on (the setting would do nothing)")
+    configlib.require(
         config, "model.gen_norm", m.gen_norm != "none",
         "must be 'batch' or 'layer' with model.gen_conditioning=norm: the label "
         "selects the gain and bias of G's norm layers")
