@@ -136,6 +136,7 @@ def shrink_for_smoke(c: ConfigDict) -> None:
   c.train.monitor_samples = 200
   c.eval.timing_samples = 0        # a compile per sampler: not in smoke runs
   c.viz.num_samples = 16
+  c.train.steps_per_dispatch = 1   # one program to compile, not an unrolled k
 
 
 def get(config: ConfigDict, path: str) -> Any:
