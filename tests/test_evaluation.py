@@ -2,13 +2,14 @@
 
 import dataclasses
 import json
+import threading
 
 import numpy as np
 import pytest
 
 from conftest import with_first_test_images
 from configs import vae_mnist
-from jaxgen import evaluate, sharding, train
+from jaxgen import data, evaluate, sharding, train
 from jaxgen.evaluate import features, metrics
 
 
@@ -101,6 +102,42 @@ def test_real_images_score_near_real_and_noise_and_collapse_far(smoke_classifier
   assert recall_collapsed < 0.5 * recall_real
   assert coverage_real["classes_covered"] >= 9
   assert coverage_collapsed["classes_covered"] <= 2
+
+
+def test_reference_statistics_written_by_two_runs_at_once(tmp_path, monkeypatch):
+  # Runs side by side on one cache compute the same reference at the same time
+  # (a GPU shared by several trainings); neither may fail or leave a torn file.
+  images = np.random.default_rng(0).integers(0, 256, (64, 4, 4, 1), np.uint8)
+  split = data.Split(images, np.zeros(64, np.int32))
+  extractor = features.Extractor(name="fake", dataset="mnist", weights_sha256="ab" * 32,
+                                 test_accuracy=None, apply=None, directory=tmp_path)
+  both_extracting = threading.Barrier(2)
+
+  def slow_extract(extractor, images_NHWC, return_logits=False):
+    both_extracting.wait(timeout=10)   # both runs found no cached file
+    flat = images_NHWC.reshape(len(images_NHWC), -1).astype(np.float32)
+    return np.zeros(len(flat), np.int64), flat
+
+  monkeypatch.setattr(features, "extract", slow_extract)
+  results, errors = [], []
+
+  def run():
+    try:
+      results.append(features.reference_statistics(extractor, split, "train", "mnist"))
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+
+  threads = [threading.Thread(target=run) for _ in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors
+  cached = list(tmp_path.iterdir())
+  assert [f.name for f in cached] == [f"reference_mnist_train_64_{extractor.cache_key}.npz"]
+  with np.load(cached[0]) as f:
+    np.testing.assert_array_equal(f["mean"], results[0]["mean"])
+    np.testing.assert_array_equal(f["cov"], results[1]["cov"])
 
 
 def test_eval_json_has_sample_metrics_and_is_reproducible(smoke_classifier,

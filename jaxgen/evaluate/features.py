@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+import tempfile
 from typing import Any, Callable
 
 import flax
@@ -228,7 +229,11 @@ def reference_statistics(extractor: Extractor, split: data.Split, split_name: st
   stats = {"mean": mean, "cov": cov, "subset": subset,
            "num_examples": np.array(len(split))}
   if jax.process_index() == 0:
-    tmp = path.with_name(path.name + ".tmp.npz")
+    # Runs side by side on one cache may compute the same statistics at once:
+    # each writes its own file, and the atomic rename lets the last one win.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".",
+                               suffix=".tmp.npz")
+    os.close(fd)
     np.savez(tmp, **stats)
-    tmp.rename(path)
+    os.replace(tmp, path)
   return stats
