@@ -272,14 +272,20 @@ def test_train_eval_views_and_sampling_speed(mnist, tmp_path):
   assert views["steps"].shape == (2, 8, 28, 28, 1)   # 10 and T = 20 steps
 
 
-@pytest.mark.parametrize("arg, millions", [("paper", 35.7), ("cpu", 4.0)])
+@pytest.mark.parametrize("arg, millions", [("paper", 35.7), ("cpu", 4.0), ("gpu", 6.5)])
 def test_cifar10_config_sizes(arg, millions, cifar10, tmp_path):
-  # ":paper" is Ho et al.'s 35.7M network; ":cpu" the README's 2-core run.
+  # ":paper" is Ho et al.'s 35.7M network; ":cpu" the README's 2-core run;
+  # ":gpu" the README's H200 run (the default network, class-conditional).
   config = ddpm_cifar10.get_config(arg)
   s = train.setup(config, tmp_path, sharding.make_mesh(1), cifar10)
   batch = {"image": np.zeros((1, 32, 32, 3), np.uint8), "label": np.zeros(1, np.int32)}
   shapes = jax.eval_shape(s.family.init, jax.random.PRNGKey(0), batch)
   assert round(count_params(shapes.params) / 1e6, 1) == millions
+
+
+def test_cifar10_config_takes_one_network_size():
+  with pytest.raises(configlib.ConfigError, match="pick one of paper, cpu, gpu"):
+    ddpm_cifar10.get_config("cpu,gpu")
 
 
 @pytest.mark.parametrize("overrides, key", [
