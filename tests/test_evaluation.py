@@ -135,6 +135,7 @@ def test_reference_statistics_written_by_two_runs_at_once(tmp_path, monkeypatch)
   assert not errors
   cached = list(tmp_path.iterdir())
   assert [f.name for f in cached] == [f"reference_mnist_train_64_{extractor.cache_key}.npz"]
+  assert cached[0].stat().st_mode & 0o777 == 0o644
   with np.load(cached[0]) as f:
     np.testing.assert_array_equal(f["mean"], results[0]["mean"])
     np.testing.assert_array_equal(f["cov"], results[1]["cov"])

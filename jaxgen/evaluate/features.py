@@ -235,5 +235,6 @@ def reference_statistics(extractor: Extractor, split: data.Split, split_name: st
                                suffix=".tmp.npz")
     os.close(fd)
     np.savez(tmp, **stats)
+    os.chmod(tmp, 0o644)   # mkstemp's 0600 would hide a shared cache
     os.replace(tmp, path)
   return stats
