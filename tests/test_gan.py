@@ -120,7 +120,10 @@ def test_each_update_changes_only_its_own_network(mnist, tmp_path):
 
 def test_ema_copies_until_its_start_then_averages_and_sampling_uses_it(mnist,
                                                                        tmp_path):
-  config = smoke_config("dcgan_mnist", {"model.ema_decay": 0.9, "model.ema_start": 2})
+  # Standing statistics off: both generators read the same running statistics,
+  # so only the weights differ (the next test covers standing statistics).
+  config = smoke_config("dcgan_mnist", {"model.ema_decay": 0.9, "model.ema_start": 2,
+                                        "model.standing_stats_batch": 0})
   s, batch = setup_and_batch(config, mnist, tmp_path)
   step = jax.jit(s.family.train_step)
   states = [train.init_state(s, batch)]
@@ -146,6 +149,49 @@ def test_ema_copies_until_its_start_then_averages_and_sampling_uses_it(mnist,
   assert np.array_equal(sample(live_family, states[3]), sample(s.family, live))
   assert "EMA generator weights (decay 0.9)" in s.family.eval_protocol["sampling"]
   assert "EMA" not in live_family.eval_protocol["sampling"]
+
+
+@pytest.mark.parametrize("conditioning", ["concat", "norm"])
+def test_batch_norm_at_momentum_0_stores_its_batch_statistics(conditioning):
+  # Standing statistics rest on this: a training-mode call at momentum 0 leaves
+  # exactly its batch's statistics, so eval mode with them redraws that batch.
+  generator = Generator(image_shape=(28, 28, 1), widths=(16, 8),
+                        conditioning=conditioning)
+  z_BL = jax.random.normal(jax.random.PRNGKey(0), (64, 16))
+  onehot = jax.nn.one_hot(jnp.arange(64) % 10, 10)
+  variables = generator.init(jax.random.PRNGKey(1), z_BL, onehot, train=False)
+  variables = {**variables, "batch_stats": jax.tree.map(
+      lambda v: v + 3.0, variables["batch_stats"])}   # stale statistics
+  x_train, _ = generator.apply(variables, z_BL, onehot, train=True,
+                               mutable=["batch_stats"])
+  _, standing = generator.clone(bn_momentum=0.0).apply(
+      variables, z_BL, onehot, train=True, mutable=["batch_stats"])
+  x_eval = generator.apply({**variables, **standing}, z_BL, onehot, train=False)
+  np.testing.assert_allclose(x_eval, x_train, atol=2e-5)
+  stale = generator.apply(variables, z_BL, onehot, train=False)
+  assert np.abs(np.asarray(stale) - np.asarray(x_train)).max() > 1e-2
+
+
+def test_ema_generator_samples_with_its_own_batch_norm_statistics(mnist, tmp_path):
+  config = smoke_config("dcgan_mnist", {"model.ema_decay": 0.9})
+  assert config.model.standing_stats_batch > 0   # on by default with the EMA
+  s, batch = setup_and_batch(config, mnist, tmp_path)
+  state = train.init_state(s, batch)
+  for i in range(3):
+    state, _ = jax.jit(s.family.train_step)(state, batch, jax.random.PRNGKey(i))
+  # Running statistics far from any the EMA weights would produce.
+  shifted = state.replace(stats={**state.stats, "generator": jax.tree.map(
+      lambda v: v + 3.0, state.stats["generator"])})
+  key = jax.random.PRNGKey(7)
+  sample = lambda family, st: np.asarray(family.sample(st, key, 8))
+  assert np.array_equal(sample(s.family, state), sample(s.family, shifted))
+  assert "standing statistics" in s.family.eval_protocol["sampling"]
+  # With standing statistics off, the live generator's running statistics
+  # normalize the EMA weights, and shifting them changes the samples.
+  config.model.standing_stats_batch = 0
+  running = train.setup(config, tmp_path, s.mesh, mnist).family
+  assert not np.array_equal(sample(running, state), sample(running, shifted))
+  assert "running statistics" in running.eval_protocol["sampling"]
 
 
 def test_conditional_gan_uses_the_label_in_both_networks(cifar10, tmp_path):
@@ -282,6 +328,7 @@ def test_spectral_norm_estimate_matches_numpy_svd():
     ({"model.disc_steps": 3}, "train.batch_size"),
     ({"model.loss": "wasserstein"}, "model.loss"),
     ({"model.ema_decay": 1.0}, "model.ema_decay"),
+    ({"model.standing_stats_batch": -1}, "model.standing_stats_batch"),
     ({"data.binarize": "dynamic"}, "data.binarize"),
     ({"model.compute_dtype": "float16"}, "model.compute_dtype"),
     ({"model.gen_conditioning": "film"}, "model.gen_conditioning"),

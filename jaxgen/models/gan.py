@@ -19,8 +19,12 @@ many fresh fakes, then one generator update on that many fakes. G and D have
 their own optimizers (`model.disc_learning_rate` for two time-scales, TTUR);
 each update changes only its own network's parameters.
 
-Sampling uses the EMA of the generator's weights when `model.ema_decay > 0`,
-and the generator's batch-norm running statistics (PyTorch's eval mode).
+Sampling uses the generator's batch-norm running statistics (PyTorch's eval
+mode), or, when `model.ema_decay > 0`, the EMA of its weights with batch-norm
+statistics of those weights' own activations ("standing statistics", Brock et
+al. 2019), recomputed at each sampling call from `model.standing_stats_batch`
+fresh noise vectors: the running statistics belong to the live weights, and
+an EMA generator normalized by them draws worse images.
 """
 
 from __future__ import annotations
@@ -68,6 +72,9 @@ def add_model_config(config: ConfigDict) -> None:
   m.disc_learning_rate = 0.0      # 0: optimizer.learning_rate (TTUR: differ)
   m.ema_decay = 0.0               # > 0: sample from an EMA of G's weights
   m.ema_start = 0                 # EMA copies the weights until this step
+  # Noise vectors whose batch-norm statistics normalize the EMA generator when
+  # sampling; 0: the live generator's running statistics (mismatched).
+  m.standing_stats_batch = 1024
   m.conditional = False           # labels into G and D (projection)
   # How G takes the label: "concat" (to z) | "norm" (class-conditional gain and
   # bias in every norm layer of G: conditional batch norm).
@@ -91,7 +98,8 @@ def validate(config: ConfigDict) -> None:
   m = config.model
   configlib.require_positive(config, "model.latent_dim", "model.disc_steps")
   configlib.require_positive(config, "model.gp_weight", "model.disc_learning_rate",
-                             "model.ema_start", allow_zero=True)
+                             "model.ema_start", "model.standing_stats_batch",
+                             allow_zero=True)
   configlib.require_one_of(config, "model.loss", LOSSES)
   configlib.require_one_of(config, "model.gen_norm", NORMS)
   configlib.require_one_of(config, "model.disc_norm", NORMS)
@@ -196,6 +204,8 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
   disc_optimizer = optim.make_optimizer(disc_cfg, num_steps * m.disc_steps)
   latent_dim, disc_steps, loss_name = m.latent_dim, m.disc_steps, m.loss
   ema_decay, ema_start = float(m.ema_decay), int(m.ema_start)
+  standing_batch = int(m.standing_stats_batch) if ema_decay and m.gen_norm == "batch" else 0
+  standing_generator = generator.clone(bn_momentum=0.0)
 
   def variables(state_part, stats_part):
     return {"params": state_part, **stats_part}
@@ -324,21 +334,37 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
     return GANState(step=state.step + 1, params=params, stats=stats,
                     opt_state=opt_state, ema_params=ema_params), metrics
 
-  def generate_images(state: GANState, z_BL: jax.Array, labels_B) -> jax.Array:
+  def standing_stats(g_params, stats, key: jax.Array):
+    """G's batch-norm statistics of its own activations on fresh noise (labels
+    0, 1, ..., 9, 0, ... when conditional): a training-mode call at momentum 0
+    stores exactly its batch's means and variances."""
+    z_BL = jax.random.normal(key, (standing_batch, latent_dim))
+    labels = jnp.arange(standing_batch) % num_classes if conditional else None
+    onehot = jax.nn.one_hot(labels, num_classes) if conditional else None
+    _, standing = standing_generator.apply(variables(g_params, stats), z_BL, onehot,
+                                           train=True, mutable=list(stats))
+    return standing
+
+  def generate_images(state: GANState, z_BL: jax.Array, labels_B,
+                      stats_key: jax.Array) -> jax.Array:
     # Reading the live weights when the EMA is off (they equal ema_params in a
     # run trained that way) lets `--config.model.ema_decay=0` sample and score
     # an EMA run's live generator from the same checkpoint.
     g_params = state.ema_params if ema_decay else state.params["generator"]
-    x, _ = generate(g_params, state.stats["generator"], z_BL, labels_B, train=False)
+    stats = state.stats["generator"]
+    if standing_batch:
+      stats = standing_stats(g_params, stats, stats_key)
+    x, _ = generate(g_params, stats, z_BL, labels_B, train=False)
     return (x + 1.0) / 2.0
 
   def sample(state: GANState, key: jax.Array, num: int, labels=None) -> jax.Array:
     """G(z) in [0, 1] for z ~ N(0, I); conditional: for `labels` (default
     0, 1, ..., 9, 0, ...)."""
-    z_BL = jax.random.normal(key, (num, latent_dim))
+    z_key, stats_key = jax.random.split(key) if standing_batch else (key, key)
+    z_BL = jax.random.normal(z_key, (num, latent_dim))
     if conditional and labels is None:
       labels = jnp.arange(num) % num_classes
-    return generate_images(state, z_BL, labels)
+    return generate_images(state, z_BL, labels, stats_key)
 
   def evaluate(state: GANState, batch: Batch, key: jax.Array) -> Metrics:
     """D's raw score of each real test image; far above its score on training
@@ -352,13 +378,14 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
     """Latent interpolations: rows of 10 images along a straight line between
     two noise vectors (conditional: one class per row)."""
     rows, cols = 8, 10
-    start_key, end_key = jax.random.split(key)
+    start_key, end_key, stats_key = jax.random.split(key, 3)
     start = jax.random.normal(start_key, (rows, latent_dim))
     end = jax.random.normal(end_key, (rows, latent_dim))
     t_T = jnp.linspace(0.0, 1.0, cols)
     z = start[:, None] + t_T[None, :, None] * (end - start)[:, None]
     labels = jnp.repeat(jnp.arange(rows) % num_classes, cols) if conditional else None
-    images = generate_images(state, z.reshape(rows * cols, latent_dim), labels)
+    images = generate_images(state, z.reshape(rows * cols, latent_dim), labels,
+                             stats_key)
     del batch
     return {"interpolations": images.reshape(rows, cols, *spec.image_shape)}
 
@@ -368,7 +395,10 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
                  "quality is in sample_metrics."),
       "loss": loss_name,
       "sampling": ("EMA generator weights (decay %g)" % ema_decay if ema_decay
-                   else "the generator's weights") + ", batch-norm running statistics",
+                   else "the generator's weights") + (
+                       ", batch-norm statistics of %d fresh noise vectors per "
+                       "sampling call (standing statistics)" % standing_batch
+                       if standing_batch else ", batch-norm running statistics"),
   }
   family = Family(name="gan", init=init, train_step=train_step, sample=sample,
                   evaluate=evaluate, views=views, loss_key="disc_loss",

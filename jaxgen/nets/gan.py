@@ -41,11 +41,13 @@ NORMS = ("batch", "layer", "none")
 GEN_CONDITIONING = ("concat", "norm")
 
 
-def _norm(kind: str, train: bool, dtype: Any, affine: bool = True):
-  """`affine=False`: normalize only, for ConditionalNorm's per-class affine."""
+def _norm(kind: str, train: bool, dtype: Any, affine: bool = True,
+          momentum: float = 0.9):
+  """`affine=False`: normalize only, for ConditionalNorm's per-class affine.
+  `momentum` 0.9 = PyTorch's BatchNorm momentum 0.1; 0 makes a training-mode
+  call store exactly its batch's statistics (standing statistics)."""
   if kind == "batch":
-    # momentum 0.9 = PyTorch's BatchNorm momentum 0.1
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9,
+    return nn.BatchNorm(use_running_average=not train, momentum=momentum,
                         epsilon=1e-5, dtype=dtype, use_scale=affine,
                         use_bias=affine)
   if kind == "layer":
@@ -63,6 +65,7 @@ class ConditionalNorm(nn.Module):
   kind: str
   train: bool
   dtype: Any = None
+  momentum: float = 0.9   # batch norm's running-statistics momentum
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, cond_BK: jax.Array) -> jax.Array:
@@ -72,7 +75,8 @@ class ConditionalNorm(nn.Module):
                              dtype=self.dtype, name="class_gain")(cond_BK)
     bias_BC = nn.Dense(channels, use_bias=False, kernel_init=nn.initializers.zeros,
                        dtype=self.dtype, name="class_bias")(cond_BK)
-    x = _norm(self.kind, self.train, self.dtype, affine=False)(x_BHWC)
+    x = _norm(self.kind, self.train, self.dtype, affine=False,
+              momentum=self.momentum)(x_BHWC)
     return x * gain_BC[:, None, None, :] + bias_BC[:, None, None, :]
 
 
@@ -92,6 +96,7 @@ class Generator(nn.Module):
   norm: str = "batch"
   conditioning: str = "concat"   # GEN_CONDITIONING
   dtype: Any = None  # compute dtype (None: the params'; jaxgen.nets)
+  bn_momentum: float = 0.9   # 0: a training-mode call stores its batch's statistics
 
   @nn.compact
   def __call__(self, z_BL: jax.Array, cond_BK: jax.Array | None = None,
@@ -111,8 +116,8 @@ class Generator(nn.Module):
 
     def norm(x):
       if by_norm:
-        return ConditionalNorm(self.norm, train, dt)(x, cond_BK)
-      return _norm(self.norm, train, dt)(x)
+        return ConditionalNorm(self.norm, train, dt, self.bn_momentum)(x, cond_BK)
+      return _norm(self.norm, train, dt, momentum=self.bn_momentum)(x)
 
     x = nn.Dense(coarse[0] * coarse[1] * self.widths[0], kernel_init=_DCGAN_INIT,
                  dtype=dt)(z_BL)
