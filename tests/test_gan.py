@@ -184,13 +184,16 @@ def test_ema_generator_samples_with_its_own_batch_norm_statistics(mnist, tmp_pat
       lambda v: v + 3.0, state.stats["generator"])})
   key = jax.random.PRNGKey(7)
   sample = lambda family, st: np.asarray(family.sample(st, key, 8))
+  views = lambda family, st: np.asarray(family.views(st, batch, key)["interpolations"])
   assert np.array_equal(sample(s.family, state), sample(s.family, shifted))
+  assert np.array_equal(views(s.family, state), views(s.family, shifted))
   assert "standing statistics" in s.family.eval_protocol["sampling"]
   # With standing statistics off, the live generator's running statistics
   # normalize the EMA weights, and shifting them changes the samples.
   config.model.standing_stats_batch = 0
   running = train.setup(config, tmp_path, s.mesh, mnist).family
   assert not np.array_equal(sample(running, state), sample(running, shifted))
+  assert not np.array_equal(views(running, state), views(running, shifted))
   assert "running statistics" in running.eval_protocol["sampling"]
 
 
