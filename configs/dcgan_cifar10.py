@@ -3,8 +3,9 @@
     python run.py --config=configs/dcgan_cifar10.py
     python run.py --config=configs/dcgan_cifar10.py:smoke
 
-The baseline that configs/cgan_cifar10.py and configs/sngan_cifar10.py are
-compared with at the same step budget (README, "The GAN family").
+The baseline that configs/acgan_cifar10.py, configs/cgan_cifar10.py and
+configs/sngan_cifar10.py are compared with at the same step budget (README,
+"The GAN family").
 """
 
 from jaxgen import configlib

@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 
 from conftest import check_bfloat16_compute, set_overrides
-from configs import cgan_cifar10, dcgan_cifar10, dcgan_mnist, sngan_cifar10
+from configs import (acgan_cifar10, cgan_cifar10, dcgan_cifar10, dcgan_mnist,
+                     sngan_cifar10)
 from jaxgen import configlib, evaluate, sharding, train
 from jaxgen.models import gan
 from jaxgen.nets.gan import ConditionalNorm, Discriminator, Generator
 
 CONFIGS = {"dcgan_mnist": dcgan_mnist, "dcgan_cifar10": dcgan_cifar10,
-           "sngan_cifar10": sngan_cifar10, "cgan_cifar10": cgan_cifar10}
+           "sngan_cifar10": sngan_cifar10, "cgan_cifar10": cgan_cifar10,
+           "acgan_cifar10": acgan_cifar10}
 VARIANTS = {
     "wgan_gp": {"model.loss": "wgan_gp", "model.disc_norm": "layer"},
     "conditional": {"model.conditional": True, "model.spectral_norm": True},
@@ -220,6 +222,63 @@ def test_conditional_gan_uses_the_label_in_both_networks(cifar10, tmp_path):
   assert float(jnp.max(jnp.abs(scores - scores_relabelled))) > 1e-4
 
 
+AUX = {"model.conditional": True, "model.loss": "hinge"}
+
+
+def test_auxiliary_classifier_adds_its_class_cross_entropy_to_both_losses(mnist,
+                                                                         tmp_path):
+  # Weights 1 and 3 build the same networks; the losses must differ by exactly
+  # 2 x the class cross-entropy, which must be D's class head's on real images
+  # (for D) and on G's fakes with the labels they were drawn for (for G).
+  runs = {}
+  for weight in (1.0, 3.0):
+    config = smoke_config("dcgan_mnist", {**AUX, "model.aux_classifier_weight": weight})
+    s, batch = setup_and_batch(config, mnist, tmp_path / str(weight), n=16)
+    steps = gan.make_steps(config, s.dataset.spec)
+    state = train.init_state(s, batch)
+    real = gan.to_tanh_range(batch["image"])
+    key = jax.random.PRNGKey(1)
+    _, d_metrics = jax.jit(steps.disc_update)(
+        (state.params, state.stats, state.opt_state), (real, batch["label"], key))
+    *_, g_metrics = jax.jit(steps.gen_update)(
+        state.params, state.stats, state.opt_state, batch["label"], key)
+    runs[weight] = (state, d_metrics, g_metrics)
+  (state, d1, g1), (_, d3, g3) = runs[1.0], runs[3.0]
+  np.testing.assert_allclose(float(d3["disc_loss"]) - float(d1["disc_loss"]),
+                             2 * float(d1["d_class_loss_real"]), rtol=1e-4)
+  np.testing.assert_allclose(float(g3["gen_loss"]) - float(g1["gen_loss"]),
+                             2 * float(g1["g_class_loss_fake"]), rtol=1e-4)
+  # D's class head on the real batch, by hand (batch norm in training mode).
+  net = Discriminator(widths=tuple(config.model.disc_widths), num_classes=10,
+                      aux_classes=10)
+  (_, logits), _ = net.apply({"params": state.params["discriminator"],
+                              **state.stats["discriminator"]},
+                             real, batch["label"], train=True, mutable=["batch_stats"])
+  log_p = jax.nn.log_softmax(np.asarray(logits, np.float64))
+  by_hand = -np.mean(np.asarray(log_p)[np.arange(16), np.asarray(batch["label"])])
+  np.testing.assert_allclose(float(d1["d_class_loss_real"]), by_hand, rtol=1e-4)
+  assert 0.0 <= float(g1["d_class_acc_fake"]) <= 1.0
+  test_metrics = s.family.evaluate(state, batch, key)
+  assert set(test_metrics) == {"disc_score_test", "disc_class_acc_test"}
+  assert np.isin(np.asarray(test_metrics["disc_class_acc_test"]), [0.0, 1.0]).all()
+
+
+def test_auxiliary_classifier_learns_the_labels_of_real_images(mnist, tmp_path):
+  config = smoke_config("dcgan_mnist", {**AUX, "model.aux_classifier_weight": 1.0})
+  config.optimizer.learning_rate = 1e-3
+  s, batch = setup_and_batch(config, mnist, tmp_path, n=32)
+  steps = gan.make_steps(config, s.dataset.spec)
+  state = train.init_state(s, batch)
+  real = gan.to_tanh_range(batch["image"])
+  update = jax.jit(steps.disc_update)
+  carry, losses = (state.params, state.stats, state.opt_state), []
+  for i in range(25):
+    carry, metrics = update(carry, (real, batch["label"], jax.random.PRNGKey(i)))
+    losses.append(float(metrics["d_class_loss_real"]))
+  # Chance is log(10) = 2.30; 25 steps on one batch of 32 must memorize much of it.
+  assert losses[0] > 2.0 and losses[-1] < 0.5 * losses[0], losses
+
+
 @pytest.mark.parametrize("kind", ["batch", "layer"])
 def test_conditional_norm_applies_the_gain_and_bias_of_each_label(kind):
   x_BHWC = jax.random.normal(jax.random.PRNGKey(0), (6, 3, 3, 4)) * 3.0 + 1.0
@@ -338,6 +397,9 @@ def test_spectral_norm_estimate_matches_numpy_svd():
     ({"model.gen_conditioning": "norm"}, "model.gen_conditioning"),
     ({"model.gen_conditioning": "norm", "model.conditional": True,
       "model.gen_norm": "none"}, "model.gen_norm"),
+    ({"model.aux_classifier_weight": 1.0}, "model.aux_classifier_weight"),
+    ({"model.aux_classifier_weight": -1.0, "model.conditional": True},
+     "model.aux_classifier_weight"),
 ])
 def test_bad_gan_configs_name_the_key(overrides, key, mnist):
   config = smoke_config("dcgan_mnist", overrides)

@@ -13,6 +13,14 @@ score s = D(x) for real images and s~ = D(G(z)) for generated ones:
                             gen_loss  = -s~
                             x^ = e x + (1 - e) G(z), e ~ U(0, 1) per image
 
+With `model.aux_classifier_weight` w > 0 (conditional only; AC-GAN, Odena et
+al. 2017), D has a class head c(x) beside its score, and both losses gain a
+cross-entropy: disc_loss += w CE(c(x), y) on real images with their labels,
+gen_loss += w CE(c(G(z, y)), y) on fakes with the labels they were drawn for.
+D's head learns the classes from real images only: trained on fakes too (the
+original AC-GAN), it would also learn whatever marks G's classes apart, and G
+could satisfy it with images no real-data classifier would label so.
+
 One train step consumes `train.batch_size` real images: `model.disc_steps`
 discriminator updates, each on its own 1/disc_steps share of the batch and as
 many fresh fakes, then one generator update on that many fakes. G and D have
@@ -76,6 +84,8 @@ def add_model_config(config: ConfigDict) -> None:
   # sampling; 0: the live generator's running statistics (mismatched).
   m.standing_stats_batch = 1024
   m.conditional = False           # labels into G and D (projection)
+  # > 0: AC-GAN's auxiliary class loss at this weight (module docstring).
+  m.aux_classifier_weight = 0.0
   # How G takes the label: "concat" (to z) | "norm" (class-conditional gain and
   # bias in every norm layer of G: conditional batch norm).
   m.gen_conditioning = "concat"
@@ -99,7 +109,7 @@ def validate(config: ConfigDict) -> None:
   configlib.require_positive(config, "model.latent_dim", "model.disc_steps")
   configlib.require_positive(config, "model.gp_weight", "model.disc_learning_rate",
                              "model.ema_start", "model.standing_stats_batch",
-                             allow_zero=True)
+                             "model.aux_classifier_weight", allow_zero=True)
   configlib.require_one_of(config, "model.loss", LOSSES)
   configlib.require_one_of(config, "model.gen_norm", NORMS)
   configlib.require_one_of(config, "model.disc_norm", NORMS)
@@ -115,6 +125,11 @@ def validate(config: ConfigDict) -> None:
         config, "model.gen_norm", m.gen_norm != "none",
         "must be 'batch' or 'layer' with model.gen_conditioning=norm: the label "
         "selects the gain and bias of G's norm layers")
+  if m.aux_classifier_weight:
+    configlib.require(
+        config, "model.aux_classifier_weight", bool(m.conditional),
+        "needs model.conditional=True: the auxiliary classifier learns the "
+        "labels, and G must be told which label to draw")
   configlib.require(config, "model.ema_decay", 0.0 <= m.ema_decay < 1.0,
                     "must be in [0, 1): 0 disables the EMA, 0.999 is typical")
   configlib.require_widths(config, "model.gen_widths", "model.disc_widths")
@@ -187,6 +202,7 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
   m = config.model
   num_classes = spec.num_classes
   conditional = bool(m.conditional)
+  aux_weight = float(m.aux_classifier_weight)
   dtype = nets.compute_dtype(m.compute_dtype)
   generator = Generator(image_shape=spec.image_shape, widths=tuple(m.gen_widths),
                         norm=m.gen_norm, conditioning=m.gen_conditioning, dtype=dtype)
@@ -194,6 +210,7 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
                                 spectral_norm=bool(m.spectral_norm),
                                 downsample=m.downsample,
                                 num_classes=num_classes if conditional else 0,
+                                aux_classes=num_classes if aux_weight else 0,
                                 dtype=dtype)
   num_steps = config.train.num_steps
   gen_optimizer = optim.make_optimizer(config.optimizer, num_steps)
@@ -218,11 +235,17 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
     return generator.apply(variables(params, stats), z_BL, onehot, train=False), stats
 
   def score(params, stats, x_BHWC, labels_B):
+    """(D's scores [B], its class logits [B, K] or None, its new stats)."""
     # D always runs in training mode: batch statistics of the batch it sees
     # (the DCGAN recipe) and one power iteration of spectral norm per call.
-    return discriminator.apply(variables(params, stats), x_BHWC,
-                               labels_B if conditional else None, train=True,
-                               mutable=list(stats))
+    out, stats = discriminator.apply(variables(params, stats), x_BHWC,
+                                     labels_B if conditional else None, train=True,
+                                     mutable=list(stats))
+    score_B, class_logits_BK = out if aux_weight else (out, None)
+    return score_B, class_logits_BK, stats
+
+  def class_loss(class_logits_BK, labels_B):
+    return optax.softmax_cross_entropy_with_integer_labels(class_logits_BK, labels_B)
 
   def split_variables(tree):
     params = tree["params"]
@@ -256,10 +279,16 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
     fake_BHWC = jax.lax.stop_gradient(fake_BHWC)
 
     def loss_fn(d_params):
-      real_B, d_stats = score(d_params, stats["discriminator"], real_BHWC, labels_B)
-      fake_B, d_stats = score(d_params, d_stats, fake_BHWC, labels_B)
+      real_B, real_logits, d_stats = score(d_params, stats["discriminator"],
+                                           real_BHWC, labels_B)
+      fake_B, _, d_stats = score(d_params, d_stats, fake_BHWC, labels_B)
       per_example = disc_loss_terms(loss_name, real_B, fake_B)
       aux = {"d_real": real_B, "d_fake": fake_B}
+      if aux_weight:
+        class_B = class_loss(real_logits, labels_B)
+        per_example = per_example + aux_weight * class_B
+        aux["d_class_loss_real"] = class_B
+        aux["d_class_acc_real"] = jnp.argmax(real_logits, -1) == labels_B
       if loss_name == "wgan_gp":
         critic = lambda x: score(d_params, d_stats, x, labels_B)[0]
         gp_B = gradient_penalty(critic, real_BHWC, fake_BHWC, gp_key)
@@ -287,12 +316,19 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
     def loss_fn(g_params):
       fake_BHWC, g_stats = generate(g_params, stats["generator"], z_BL, labels_B,
                                     train=True)
-      fake_B, d_stats = score(params["discriminator"], stats["discriminator"],
-                              fake_BHWC, labels_B)
-      return jnp.mean(gen_loss_terms(loss_name, fake_B)), (g_stats, d_stats)
+      fake_B, fake_logits, d_stats = score(params["discriminator"],
+                                           stats["discriminator"], fake_BHWC, labels_B)
+      per_example = gen_loss_terms(loss_name, fake_B)
+      aux = {}
+      if aux_weight:
+        class_B = class_loss(fake_logits, labels_B)
+        per_example = per_example + aux_weight * class_B
+        aux = {"g_class_loss_fake": jnp.mean(class_B),
+               "d_class_acc_fake": jnp.mean(jnp.argmax(fake_logits, -1) == labels_B)}
+      return jnp.mean(per_example), (g_stats, d_stats, aux)
 
-    (g_loss, (g_stats, d_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params["generator"])
+    (g_loss, (g_stats, d_stats, aux)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params["generator"])
     updates, g_opt = gen_optimizer.update(grads, opt_state["generator"],
                                           params["generator"])
     params = {**params, "generator": optax.apply_updates(params["generator"], updates)}
@@ -300,7 +336,7 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
     stats = {"generator": g_stats, "discriminator": d_stats}
     opt_state = {**opt_state, "generator": g_opt}
     return params, stats, opt_state, {"gen_loss": g_loss,
-                                      "gen_grad_norm": optax.global_norm(grads)}
+                                      "gen_grad_norm": optax.global_norm(grads), **aux}
 
   def train_step(state: GANState, batch: Batch, key: jax.Array
                  ) -> tuple[GANState, Metrics]:
@@ -370,8 +406,13 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
     """D's raw score of each real test image; far above its score on training
     images = D has memorized the training set."""
     del key
-    scores, _ = score(state.params["discriminator"], state.stats["discriminator"],
-                      to_tanh_range(batch["image"]), batch["label"])
+    scores, class_logits, _ = score(state.params["discriminator"],
+                                    state.stats["discriminator"],
+                                    to_tanh_range(batch["image"]), batch["label"])
+    if aux_weight:  # D's class head as a classifier of held-out images
+      return {"disc_score_test": scores,
+              "disc_class_acc_test": (jnp.argmax(class_logits, -1) == batch["label"]
+                                      ).astype(jnp.float32)}
     return {"disc_score_test": scores}
 
   def views(state: GANState, batch: Batch, key: jax.Array) -> dict[str, jax.Array]:
@@ -394,8 +435,11 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
   protocol = {
       "metric": ("disc_score_test: the discriminator's raw score of each real "
                  "test image (a diagnostic; a GAN has no likelihood). Sample "
-                 "quality is in sample_metrics."),
-      "loss": loss_name,
+                 "quality is in sample_metrics."
+                 + (" disc_class_acc_test: how often D's class head names each "
+                    "test image's label." if aux_weight else "")),
+      "loss": loss_name + (" + %g x auxiliary class cross-entropy (AC-GAN)" % aux_weight
+                           if aux_weight else ""),
       "sampling": ("EMA generator weights (decay %g)" % ema_decay if ema_decay
                    else "the generator's weights") + (
                        ", batch-norm statistics of %d fresh noise vectors per "
@@ -406,6 +450,7 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
                   evaluate=evaluate, views=views, loss_key="disc_loss",
                   eval_protocol=protocol, conditional=conditional,
                   curve_groups=(("disc_loss", "gen_loss"), ("d_real", "d_fake"),
-                                ("disc_grad_norm", "gen_grad_norm")))
+                                ("disc_grad_norm", "gen_grad_norm"))
+                  + ((("d_class_acc_real", "d_class_acc_fake"),) if aux_weight else ()))
   return GANSteps(init=init, disc_update=disc_update, gen_update=gen_update,
                   family=family)

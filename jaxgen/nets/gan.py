@@ -4,7 +4,7 @@ Generator: z -> dense -> coarse map -> sub-pixel upsampling stages -> tanh
 image in [-1, 1]; a label enters concatenated to z or as class-conditional
 gains and biases of every norm layer (conditional batch norm).
 Discriminator: downsampling stages -> dense score (+ a projection of the
-label, Miyato & Koyama 2018).
+label, Miyato & Koyama 2018; + class logits from a second head, AC-GAN).
 
 Resampling avoids the layers XLA's CPU backend is slow at (README, "Speed"):
 - up: a stride-1 3x3 conv to 4*C channels + depth_to_space(2) (sub-pixel),
@@ -135,12 +135,15 @@ class Discriminator(nn.Module):
   score. The first stage has no norm (DCGAN). With `spectral_norm`, every
   weight matrix is divided by its top singular value, estimated by one power
   iteration per training call (Miyato et al. 2018). With `num_classes`, the
-  score adds <embed(label), features> (projection discriminator)."""
+  score adds <embed(label), features> (projection discriminator). With
+  `aux_classes`, a second dense head on the same features returns class logits
+  too: `(score_B, class_logits_BK)` (the auxiliary classifier of AC-GAN)."""
   widths: Sequence[int]
   norm: str = "batch"
   spectral_norm: bool = False
   downsample: str = "space_to_depth"   # | "strided"
   num_classes: int = 0
+  aux_classes: int = 0
   dtype: Any = None  # compute dtype (None: the params'; jaxgen.nets)
 
   def _layer(self, layer: nn.Module, x: jax.Array, train: bool) -> jax.Array:
@@ -150,7 +153,7 @@ class Discriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, labels_B: jax.Array | None = None,
-               train: bool = True) -> jax.Array:
+               train: bool = True) -> jax.Array | tuple[jax.Array, jax.Array]:
     dt = self.dtype
     x = x_BHWC
     for i, width in enumerate(self.widths):
@@ -171,4 +174,8 @@ class Discriminator(nn.Module):
       # The class embedding is not spectrally normalized (a table, not a map).
       embed = nn.Embed(self.num_classes, h_BF.shape[-1], embedding_init=_DCGAN_INIT)
       score_B = score_B + jnp.sum(embed(labels_B) * at_least_float32(h_BF), -1)
+    if self.aux_classes:
+      class_logits_BK = at_least_float32(self._layer(
+          nn.Dense(self.aux_classes, kernel_init=_DCGAN_INIT, dtype=dt), h_BF, train))
+      return score_B, class_logits_BK
     return score_B
