@@ -263,18 +263,26 @@ def test_auxiliary_classifier_adds_its_class_cross_entropy_to_both_losses(mnist,
   assert np.isin(np.asarray(test_metrics["disc_class_acc_test"]), [0.0, 1.0]).all()
 
 
-def test_auxiliary_classifier_learns_the_labels_of_real_images(mnist, tmp_path):
-  config = smoke_config("dcgan_mnist", {**AUX, "model.aux_classifier_weight": 1.0})
+def disc_updates_on_one_batch(config, dataset, tmp_path, num_updates):
+  """The metrics of `num_updates` D updates (learning rate 1e-3) on one real
+  batch of 32 against the initial G."""
   config.optimizer.learning_rate = 1e-3
-  s, batch = setup_and_batch(config, mnist, tmp_path, n=32)
+  s, batch = setup_and_batch(config, dataset, tmp_path)
   steps = gan.make_steps(config, s.dataset.spec)
   state = train.init_state(s, batch)
   real = gan.to_tanh_range(batch["image"])
   update = jax.jit(steps.disc_update)
-  carry, losses = (state.params, state.stats, state.opt_state), []
-  for i in range(25):
+  carry, history = (state.params, state.stats, state.opt_state), []
+  for i in range(num_updates):
     carry, metrics = update(carry, (real, batch["label"], jax.random.PRNGKey(i)))
-    losses.append(float(metrics["d_class_loss_real"]))
+    history.append({k: float(v) for k, v in metrics.items()})
+  return history
+
+
+def test_auxiliary_classifier_learns_the_labels_of_real_images(mnist, tmp_path):
+  config = smoke_config("dcgan_mnist", {**AUX, "model.aux_classifier_weight": 1.0})
+  history = disc_updates_on_one_batch(config, mnist, tmp_path, 25)
+  losses = [m["d_class_loss_real"] for m in history]
   # Chance is log(10) = 2.30; 25 steps on one batch of 32 must memorize much of it.
   assert losses[0] > 2.0 and losses[-1] < 0.5 * losses[0], losses
 
@@ -318,19 +326,10 @@ def test_generator_with_conditional_norm_takes_the_label_only_through_its_norms(
 
 
 def test_discriminator_learns_to_tell_real_from_a_fixed_generator(mnist, tmp_path):
-  config = smoke_config("dcgan_mnist")
-  config.optimizer.learning_rate = 1e-3
-  s, batch = setup_and_batch(config, mnist, tmp_path)
-  steps = gan.make_steps(config, s.dataset.spec)
-  state = train.init_state(s, batch)
-  real = gan.to_tanh_range(batch["image"])
-  update = jax.jit(steps.disc_update)
-  carry, losses = (state.params, state.stats, state.opt_state), []
-  for i in range(15):
-    carry, metrics = update(carry, (real, batch["label"], jax.random.PRNGKey(i)))
-    losses.append(float(metrics["disc_loss"]))
+  history = disc_updates_on_one_batch(smoke_config("dcgan_mnist"), mnist, tmp_path, 15)
+  losses = [m["disc_loss"] for m in history]
   assert losses[-1] < 0.5 * losses[0], losses
-  assert float(metrics["d_real"]) > float(metrics["d_fake"])
+  assert history[-1]["d_real"] > history[-1]["d_fake"]
 
 
 def test_losses_match_their_definitions():
