@@ -247,6 +247,9 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
   def class_loss(class_logits_BK, labels_B):
     return optax.softmax_cross_entropy_with_integer_labels(class_logits_BK, labels_B)
 
+  def class_correct(class_logits_BK, labels_B):
+    return (jnp.argmax(class_logits_BK, -1) == labels_B).astype(jnp.float32)
+
   def split_variables(tree):
     params = tree["params"]
     return params, {k: v for k, v in tree.items() if k != "params"}
@@ -288,7 +291,7 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
         class_B = class_loss(real_logits, labels_B)
         per_example = per_example + aux_weight * class_B
         aux["d_class_loss_real"] = class_B
-        aux["d_class_acc_real"] = jnp.argmax(real_logits, -1) == labels_B
+        aux["d_class_acc_real"] = class_correct(real_logits, labels_B)
       if loss_name == "wgan_gp":
         critic = lambda x: score(d_params, d_stats, x, labels_B)[0]
         gp_B = gradient_penalty(critic, real_BHWC, fake_BHWC, gp_key)
@@ -324,7 +327,7 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
         class_B = class_loss(fake_logits, labels_B)
         per_example = per_example + aux_weight * class_B
         aux = {"g_class_loss_fake": jnp.mean(class_B),
-               "d_class_acc_fake": jnp.mean(jnp.argmax(fake_logits, -1) == labels_B)}
+               "d_class_acc_fake": jnp.mean(class_correct(fake_logits, labels_B))}
       return jnp.mean(per_example), (g_stats, d_stats, aux)
 
     (g_loss, (g_stats, d_stats, aux)), grads = jax.value_and_grad(
@@ -411,8 +414,7 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
                                     to_tanh_range(batch["image"]), batch["label"])
     if aux_weight:  # D's class head as a classifier of held-out images
       return {"disc_score_test": scores,
-              "disc_class_acc_test": (jnp.argmax(class_logits, -1) == batch["label"]
-                                      ).astype(jnp.float32)}
+              "disc_class_acc_test": class_correct(class_logits, batch["label"])}
     return {"disc_score_test": scores}
 
   def views(state: GANState, batch: Batch, key: jax.Array) -> dict[str, jax.Array]:
