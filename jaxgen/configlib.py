@@ -193,6 +193,13 @@ def validate_base(config: ConfigDict) -> None:
           0.0 <= config.optimizer.final_lr_fraction <= 1.0, "must be in [0, 1]")
 
 
+def refuse_iwae(config: ConfigDict, reason: str) -> None:
+  """For families with no importance-weighted bound: eval.iwae_samples would
+  otherwise be ignored in silence."""
+  require(config, "eval.iwae_samples", not config.eval.get("iwae_samples", 0),
+          f"must be 0: {reason}")
+
+
 def require_widths(config: ConfigDict, *paths: str) -> None:
   """Each path holds a non-empty tuple of positive ints (layer widths)."""
   for path in paths:

@@ -1,6 +1,7 @@
 """Evaluation end to end: classifier features, sample metrics, IWAE, determinism."""
 
 import dataclasses
+import importlib
 import json
 import threading
 
@@ -9,7 +10,7 @@ import pytest
 
 from conftest import with_first_test_images
 from configs import vae_mnist
-from jaxgen import data, evaluate, sharding, train
+from jaxgen import configlib, data, evaluate, sharding, train
 from jaxgen.evaluate import features, metrics
 
 
@@ -182,6 +183,15 @@ def test_iwae_bound_is_the_elbo_at_k1_and_tightens(trained_vae, mnist):
   assert abs(means[1]["mean"] - elbo["mean"]) < spread
   assert means[50]["mean"] < means[1]["mean"] - 1.0
   assert means[50]["mean"] < elbo["mean"]
+
+
+@pytest.mark.parametrize("config_module", ["dcgan_mnist", "ddpm_mnist", "classifier_mnist"])
+def test_families_without_an_iwae_bound_refuse_eval_iwae_samples(config_module, mnist,
+                                                                tmp_path):
+  config = importlib.import_module(f"configs.{config_module}").get_config("smoke")
+  config.eval.iwae_samples = 10
+  with pytest.raises(configlib.ConfigError, match=r"eval\.iwae_samples.*must be 0"):
+    train.setup(config, tmp_path, sharding.make_mesh(1), mnist)
 
 
 def test_conditional_vae_reports_conditional_accuracy(smoke_classifier, mnist,

@@ -65,6 +65,7 @@ def validate(config: ConfigDict) -> None:
                     "must be in [0, 1)")
   configlib.require(config, "model.label_smoothing",
                     0.0 <= config.model.label_smoothing < 1.0, "must be in [0, 1)")
+  configlib.refuse_iwae(config, "the classifier is not a generative model")
 
 
 def make_network(config: ConfigDict, spec: DatasetSpec) -> nn.Module:

@@ -143,6 +143,9 @@ def validate(config: ConfigDict, spec: DatasetSpec) -> None:
   configlib.require_one_of(config, "model.variance", VARIANCES)
   configlib.require_one_of(config, "model.compute_dtype", configlib.COMPUTE_DTYPES)
   configlib.require_widths(config, "model.width_multipliers")
+  configlib.refuse_iwae(config, "diffusion's bound is the one-draw variational "
+                        "bound (model.bound_timesteps sets its estimate); no "
+                        "importance-weighted version is built")
   configlib.require_positive(config, "model.base_width", "model.blocks_per_level",
                              "model.num_timesteps", "model.sample_steps",
                              "model.patch_size")

@@ -133,6 +133,8 @@ def validate(config: ConfigDict) -> None:
   configlib.require(config, "model.ema_decay", 0.0 <= m.ema_decay < 1.0,
                     "must be in [0, 1): 0 disables the EMA, 0.999 is typical")
   configlib.require_widths(config, "model.gen_widths", "model.disc_widths")
+  configlib.refuse_iwae(config, "a GAN has no likelihood to bound (its "
+                        "eval.json scores samples)")
   if m.loss == "wgan_gp":
     configlib.require(
         config, "model.disc_norm", m.disc_norm != "batch",

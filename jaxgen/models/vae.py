@@ -116,10 +116,8 @@ def validate(config: ConfigDict) -> None:
         f"must be 'none' with model.likelihood={config.model.likelihood!r}, "
         "which models 8-bit intensities (binarized data takes 'bernoulli')")
   if config.model.family == "ae":
-    configlib.require(config, "eval.iwae_samples",
-                      not config.eval.get("iwae_samples", 0),
-                      "must be 0 for the AE: it has no posterior to "
-                      "importance-sample (use model.family=vae)")
+    configlib.refuse_iwae(config, "the AE has no posterior to importance-sample "
+                          "(use model.family=vae)")
     configlib.require(config, "model.free_nats", not config.model.free_nats,
                       "must be 0 for the AE: it has no KL term to floor")
   configlib.require_widths(config, "model.encoder_widths", "model.decoder_widths")
