@@ -7,6 +7,7 @@
     python benchmarks/speed.py --steps=50 --torch_compile    # on a GPU machine
     python benchmarks/speed.py --configs=ddpm_cifar10:paper --set model.compute_dtype=bfloat16
     python benchmarks/speed.py --configs=vae_mnist:smoke --set train.steps_per_dispatch=8
+    python benchmarks/speed.py --memory_only         # memory alone, minutes
 
 For each config: jaxgen's compile time, then `--repeats` rounds that alternate
 A/B (jaxgen `--steps` steps, then PyTorch `--steps` steps of the identical
@@ -16,6 +17,13 @@ over the rounds, the ratio jaxgen/PyTorch in steps (images) per second (> 1:
 jaxgen faster), and are written to benchmarks/RESULTS.md with the machine it
 ran on. Random uint8
 batches of the config's batch size: the data pipeline is not timed.
+
+Memory, in the same table (or alone, `--memory_only`, to
+benchmarks/MEMORY.md): jaxgen's step as XLA planned it (the compiled step's
+arguments, outputs and temporaries, less the outputs written over the donated
+state), the twin's peak while it is built and takes two steps (CUDA: the
+allocator's peak; CPU: the running sum of a torch.profiler trace's per-op
+allocations).
 
 Configs without a twin (`--configs=classifier_mnist,ddpm_cifar10`) get jaxgen's
 numbers alone. jaxgen's TFLOP/s is XLA's operation count of the step over its
@@ -39,6 +47,7 @@ does.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import os
@@ -47,6 +56,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -80,9 +90,53 @@ def step_flops(lowered) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
-def jaxgen_stepper(name: str, overrides: list[str], sample_batch: int):
-  """(train-step runner, sample() runner or None, compile seconds, batch size,
-  FLOPs per step); a runner does n calls and waits for the last."""
+def step_buffer_bytes(compiled) -> int | None:
+  """Bytes of the buffers XLA assigned to the compiled step: its arguments
+  (params, optimizer state, the batch or k-batch window), the outputs not
+  written over donated arguments, and its temporaries (packed by liveness).
+  None where the backend gives no analysis."""
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return None
+  return (stats.argument_size_in_bytes + stats.output_size_in_bytes
+          - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+
+
+def twin_peak_bytes(build_and_step: Callable[[], None], device: str) -> int:
+  """Peak bytes PyTorch holds while building a twin (its networks, optimizer,
+  batch) and taking two steps, from nothing: on CUDA the caching allocator's
+  peak; on CPU, which counts nothing, the running sum of every op's own
+  allocations minus frees in a torch.profiler trace (op granularity: a peak
+  inside one op is not seen)."""
+  if device == "cuda":
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    build_and_step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+  activities = [torch.profiler.ProfilerActivity.CPU]
+  with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+    build_and_step()
+  events = sorted(prof.events(), key=lambda e: e.time_range.start)
+  held = np.cumsum([0] + [e.self_cpu_memory_usage for e in events])
+  return int(held.max())
+
+
+@dataclasses.dataclass
+class JaxgenStepper:
+  """A runner does n calls and waits for the last."""
+  run: Callable[[int], None]
+  sample_run: Callable[[int], None] | None
+  compile_seconds: float
+  batch_size: int
+  steps_per_dispatch: int
+  flops_per_step: float | None
+  buffer_bytes: int | None
+
+
+def jaxgen_stepper(name: str, overrides: list[str], sample_batch: int
+                   ) -> JaxgenStepper:
   config = torch_vae.get_config(name, overrides)
   spec = data.SPECS[config.data.name]
   family = make_family(config, spec)
@@ -117,8 +171,10 @@ def jaxgen_stepper(name: str, overrides: list[str], sample_batch: int):
 
   flops = step_flops(lowered)
   flops = flops / k if flops else flops
+  stepper = JaxgenStepper(run, None, compile_seconds, b, k, flops,
+                          step_buffer_bytes(step))
   if family.sample is None or sample_batch <= 0:
-    return run, None, compile_seconds, b, flops
+    return stepper
   draw = jax.jit(lambda state, key: family.sample(state, key, sample_batch))
 
   def sample_run(n: int) -> None:
@@ -127,7 +183,7 @@ def jaxgen_stepper(name: str, overrides: list[str], sample_batch: int):
       images = draw(holder["state"], jax.random.PRNGKey(i))
     jax.block_until_ready(images)
 
-  return run, sample_run, compile_seconds, b, flops
+  return dataclasses.replace(stepper, sample_run=sample_run)
 
 
 def torch_sync(x: torch.Tensor) -> None:
@@ -221,16 +277,42 @@ def machine(torch_device: str) -> str:
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
 
+@dataclasses.dataclass
+class Row:
+  """One config's numbers: ms per step per arm (none with --memory_only), and
+  MiB: jaxgen's step buffers and the PyTorch twin's peak."""
+  name: str
+  batch_size: int
+  steps_per_dispatch: int
+  compile_seconds: float
+  flops_per_step: float | None
+  ms: dict[str, float]
+  mib: dict[str, float]
+
+
 def measure(name: str, args: argparse.Namespace, arms: list[str],
-            torch_device: str) -> tuple[tuple, dict[str, float]]:
+            torch_device: str) -> tuple[Row, dict[str, float]]:
   """One config: (its train-step row, images/s of sample() per side)."""
-  jax_run, jax_sample, compile_seconds, batch_size, flops = jaxgen_stepper(
-      name, args.set, args.sample_batch)
+  jaxgen = jaxgen_stepper(name, args.set, args.sample_batch)
   # Configs without a twin get jaxgen's numbers alone, as do overrides of the
   # network, which the twins do not follow. Sampling: jaxgen vs eager PyTorch.
-  runs, samplers = {"jaxgen": jax_run}, {"jaxgen": jax_sample}
-  same_network = all(item.startswith(DISPATCH_KEY + "=") for item in args.set)
-  if name in TWINS and same_network:
+  has_twin = name in TWINS and all(item.startswith(DISPATCH_KEY + "=")
+                                   for item in args.set)
+  mib = {}
+  if jaxgen.buffer_bytes is not None:
+    mib["jaxgen"] = jaxgen.buffer_bytes / 2**20
+  if has_twin:
+    # A twin of its own, built and dropped before the timed ones exist.
+    build_and_step = lambda: TWINS[name](name, torch_device, False, 0)[0](2)
+    mib["PyTorch"] = twin_peak_bytes(build_and_step, torch_device) / 2**20
+  row = Row(name, jaxgen.batch_size, jaxgen.steps_per_dispatch,
+            jaxgen.compile_seconds, jaxgen.flops_per_step, {}, mib)
+  print(f"{name}: " + ", ".join(f"{arm} {m:.1f} MiB" for arm, m in mib.items()),
+        flush=True)
+  if args.memory_only:
+    return row, {}
+  runs, samplers = {"jaxgen": jaxgen.run}, {"jaxgen": jaxgen.sample_run}
+  if has_twin:
     for arm in arms:
       runs[arm], twin_sample = TWINS[name](name, torch_device,
                                            arm == "torch.compile", args.sample_batch)
@@ -248,42 +330,77 @@ def measure(name: str, args: argparse.Namespace, arms: list[str],
       times[arm].append(seconds_per_step(run, args.steps))
     for arm, run in samplers.items():
       sample_times[arm].append(seconds_per_step(run, args.sample_calls))
-  ms = {arm: 1000 * statistics.median(t) for arm, t in times.items()}
+  row.ms = {arm: 1000 * statistics.median(t) for arm, t in times.items()}
   print(f"{name}: " + ", ".join(
-      f"{arm} {t:.2f} ms/step" for arm, t in ms.items()), flush=True)
+      f"{arm} {t:.2f} ms/step" for arm, t in row.ms.items()), flush=True)
   per_second = {arm: args.sample_batch / statistics.median(t)
                 for arm, t in sample_times.items()}
-  return (name, batch_size, compile_seconds, flops, ms), per_second
+  return row, per_second
+
+
+MEMORY_NOTE = (
+    "Memory: jaxgen's is the buffers XLA assigned to the compiled step "
+    "(arguments: params, optimizer state and the batch, k batches at k steps "
+    "per dispatch; outputs not written over the donated state; temporaries), "
+    "the PyTorch twin's the peak it held while being built and taking two "
+    "steps (on CPU summed from a torch.profiler trace's per-op allocations, "
+    "on CUDA the allocator's peak). Neither counts the framework itself or "
+    "XLA's compiler.")
+
+
+def mib_cells(row: Row) -> str:
+  jaxgen, twin = row.mib.get("jaxgen"), row.mib.get("PyTorch")
+  cells = [f"{jaxgen:.1f}" if jaxgen is not None else "n/a",
+           f"{twin:.1f}" if twin is not None else "no twin"]
+  return " | ".join(cells)
+
+
+def command(args: argparse.Namespace) -> str:
+  return (f"python benchmarks/speed.py --configs={args.configs}"
+          + ("" if args.memory_only else f" --steps={args.steps} --repeats={args.repeats}")
+          + "".join(f" --set {item}" for item in args.set)
+          + ("" if args.memory_only else
+             f" --sample_batch={args.sample_batch} --sample_calls={args.sample_calls}")
+          + (" --torch_compile" if args.torch_compile else "")
+          + (" --memory_only" if args.memory_only else ""))
 
 
 def render(args: argparse.Namespace, arms: list[str], torch_device: str,
-           rows: list[tuple], sample_rows: list[tuple[str, dict[str, float]]]
+           rows: list[Row], sample_rows: list[tuple[str, dict[str, float]]]
            ) -> str:
   """The markdown of RESULTS.md: the machine, the command, the tables."""
+  if args.memory_only:
+    lines = [
+        "# Train-step memory: jaxgen vs PyTorch twin", "",
+        f"Machine: {machine(torch_device)}.",
+        f"Run {datetime.date.today()}: `{command(args)}`. {MEMORY_NOTE}", "",
+        "| config | batch | steps per dispatch | jaxgen step buffers (MiB) "
+        "| PyTorch peak (MiB) |", "|---|---|---|---|---|"]
+    lines += [f"| {r.name} | {r.batch_size} | {r.steps_per_dispatch} | "
+              f"{mib_cells(r)} |" for r in rows]
+    return "\n".join(lines) + "\n"
   lines = [
       "# Train-step speed: jaxgen vs PyTorch twin",
       "",
       f"Machine: {machine(torch_device)}.",
-      f"Run {datetime.date.today()}: `python benchmarks/speed.py --configs="
-      f"{args.configs} --steps={args.steps} --repeats={args.repeats}"
-      + "".join(f" --set {item}" for item in args.set)
-      + f" --sample_batch={args.sample_batch} --sample_calls={args.sample_calls}"
-      + f"{' --torch_compile' if args.torch_compile else ''}`; medians of the "
+      f"Run {datetime.date.today()}: `{command(args)}`; medians of the "
       "A/B rounds after warm-up. TFLOP/s: XLA's operation count of jaxgen's "
-      "step (its HLO before backend passes) over its time.",
+      f"step (its HLO before backend passes) over its time. {MEMORY_NOTE}",
       "",
       "| config | batch | jaxgen compile (s) | jaxgen ms/step | jaxgen img/s "
       "| jaxgen TFLOP/s | " + " | ".join(
-          f"{arm} ms/step | ratio (jaxgen/{arm} speed)" for arm in arms) + " |",
-      "|---|---|---|---|---|---|" + "---|---|" * len(arms),
+          f"{arm} ms/step | ratio (jaxgen/{arm} speed)" for arm in arms)
+      + " | jaxgen MiB | PyTorch MiB |",
+      "|---|---|---|---|---|---|" + "---|---|" * len(arms) + "---|---|",
   ]
-  for name, b, comp, flops, ms in rows:
-    jms = ms["jaxgen"]
-    tflops = f"{flops / jms / 1e9:.2f}" if flops else "n/a"
-    cells = [f"{ms[arm]:.2f} | **{ms[arm] / jms:.2f}**" if arm in ms
+  for r in rows:
+    jms = r.ms["jaxgen"]
+    tflops = f"{r.flops_per_step / jms / 1e9:.2f}" if r.flops_per_step else "n/a"
+    cells = [f"{r.ms[arm]:.2f} | **{r.ms[arm] / jms:.2f}**" if arm in r.ms
              else "no twin | " for arm in arms]
-    lines.append(f"| {name} | {b} | {comp:.1f} | {jms:.2f} | {1000 * b / jms:.0f} "
-                 f"| {tflops} | " + " | ".join(cells) + " |")
+    lines.append(f"| {r.name} | {r.batch_size} | {r.compile_seconds:.1f} | {jms:.2f} "
+                 f"| {1000 * r.batch_size / jms:.0f} | {tflops} | "
+                 + " | ".join(cells) + f" | {mib_cells(r)} |")
   if sample_rows:
     lines += ["", f"Sampling: images/s of `sample()` (the twins' same function: "
               f"G(z), the decoder means of z ~ N(0, I), a flow's inverse at the "
@@ -314,12 +431,16 @@ def main() -> None:
                       help="sample() calls per round")
   parser.add_argument("--torch_compile", action="store_true",
                       help="also time the twins with torch.compile'd networks")
+  parser.add_argument("--memory_only", action="store_true",
+                      help="memory columns alone, no timing (minutes, not "
+                      "an hour; written to benchmarks/MEMORY.md or MEMORY_gpu.md)")
   parser.add_argument("--out", default=None, help="default: benchmarks/"
                       "RESULTS.md, or RESULTS_gpu.md when torch sees a GPU")
   args = parser.parse_args()
   torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+  stem = "MEMORY" if args.memory_only else "RESULTS"
   out = Path(args.out or ROOT / "benchmarks" / (
-      "RESULTS_gpu.md" if torch_device == "cuda" else "RESULTS.md"))
+      f"{stem}_gpu.md" if torch_device == "cuda" else f"{stem}.md"))
   if torch_device == "cuda":
     # XLA computes float32 dots and convolutions in TF32 on NVIDIA GPUs by
     # default; PyTorch does so only for convolutions unless asked.
