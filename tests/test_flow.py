@@ -212,7 +212,9 @@ def test_iwae_bound_is_the_log_mean_density_of_the_one_draw_bounds(mnist, tmp_pa
   config.eval.iwae_samples = k
   s = train.setup(config, tmp_path, sharding.make_mesh(1), mnist)
   metrics = jax.jit(s.family.evaluate)(state, batch, key)
-  np.testing.assert_array_equal(metrics["nll_nats"], draws_KB[0].astype(np.float32))
+  # The same noise as the one-draw metric (another draw moves an image by
+  # far more than this tolerance: see the spread below).
+  np.testing.assert_allclose(metrics["nll_nats"], draws_KB[0], rtol=1e-6)
   # -log (1/k) sum_j exp(-nats_j), by hand in float64.
   low = draws_KB.min(0)
   by_hand_B = low - np.log(np.mean(np.exp(-(draws_KB - low)), 0))
@@ -223,7 +225,7 @@ def test_iwae_bound_is_the_log_mean_density_of_the_one_draw_bounds(mnist, tmp_pa
   # An untrained flow's density varies inside each pixel's bin: the draws
   # differ, and the bound is tighter than every image's mean one-draw bound.
   assert np.all(draws_KB.std(0) > 0.1)
-  assert np.all(by_hand_B < draws_KB.mean(0))
+  assert np.all(np.asarray(metrics[f"iwae{k}_nats"]) < draws_KB.mean(0))
 
 
 def test_a_flow_whose_inverse_overflows_is_reported_not_crashed(mnist, tmp_path):
