@@ -74,6 +74,46 @@ def test_split_prior_inverts_and_its_logdet_is_the_jacobians():
   np.testing.assert_allclose(float(logdet_B[0]), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_coupling_with_a_context_inverts_and_its_logdet_is_the_jacobians():
+  # The variational dequantizer's coupling: a bijection of x for each context.
+  layer = flow.AffineCoupling(8, "channel", parity=1)
+  x_BHWC = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 4))
+  context_BHWC = jax.random.normal(jax.random.PRNGKey(3), (2, 4, 4, 5))
+  params = perturbed(layer.init(jax.random.PRNGKey(1), x_BHWC, context_BHWC=context_BHWC),
+                     jax.random.PRNGKey(2))
+  y, logdet_B = layer.apply(params, x_BHWC, context_BHWC=context_BHWC)
+  np.testing.assert_allclose(
+      layer.apply(params, y, reverse=True, context_BHWC=context_BHWC), x_BHWC, atol=1e-5)
+  other, _ = layer.apply(params, x_BHWC, context_BHWC=-context_BHWC)
+  assert not np.allclose(other, y, atol=1e-3)   # the context is used
+  expected = jacobian_log_abs_det(
+      lambda v: layer.apply(params, v, context_BHWC=context_BHWC[:1])[0], x_BHWC[0])
+  np.testing.assert_allclose(float(logdet_B[0]), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_variational_dequantizer_noise_lies_in_the_bin_with_density_log_q():
+  # log q(n | x) must be the density of the n it returns, or the bound
+  # -log p(x + n) + log q(n | x) is not a bound: log N(eps) minus
+  # log |det dn/d eps|, the latter by jax.jacfwd (sigmoid included).
+  dequantizer = flow.VariationalDequantizer(steps=2, width=8)
+  image_BHWC = jax.random.uniform(jax.random.PRNGKey(0), (2, 4, 4, 3)) - 0.5
+  eps_BHWC = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 3))
+  params = perturbed(dequantizer.init(jax.random.PRNGKey(2), image_BHWC, eps_BHWC),
+                     jax.random.PRNGKey(3))
+  noise, log_q_B = dequantizer.apply(params, image_BHWC, eps_BHWC)
+  assert noise.shape == eps_BHWC.shape
+  assert float(noise.min()) > 0.0 and float(noise.max()) < 1.0
+  for i in range(2):
+    log_abs_det = jacobian_log_abs_det(
+        lambda v: dequantizer.apply(params, image_BHWC[i:i + 1], v)[0], eps_BHWC[i])
+    log_normal = -0.5 * float(jnp.sum(eps_BHWC[i] ** 2 + jnp.log(2 * jnp.pi)))
+    np.testing.assert_allclose(float(log_q_B[i]), log_normal - log_abs_det,
+                               rtol=1e-4, atol=1e-3)
+  # q depends on the image: the same eps lands elsewhere for another image.
+  swapped, _ = dequantizer.apply(params, image_BHWC[::-1], eps_BHWC)
+  assert not np.allclose(swapped, noise, atol=1e-3)
+
+
 def test_actnorm_data_dependent_init_standardises_each_channel():
   x_BHWC = 3.0 + 2.5 * jax.random.normal(jax.random.PRNGKey(0), (16, 6, 6, 5))
   x_BHWC = x_BHWC * jnp.arange(1, 6)  # a different scale per channel
@@ -159,6 +199,21 @@ def test_smoke_step_is_deterministic_and_learns(name, datasets, tmp_path):
                              metrics["nll_nats"] / (num_dims * np.log(2)), rtol=1e-5)
 
 
+def test_variational_dequantization_step_is_deterministic_and_trains_q(cifar10, tmp_path):
+  config = glow_cifar10.get_config("smoke")
+  config.model.dequantization = "variational"
+  config.optimizer.learning_rate = 3e-3
+  s, batch = setup_and_batch(config, cifar10, tmp_path)
+  state = train.init_state(s, batch)
+  assert set(state.params) == {"flow", "dequantizer"}
+  check_step_is_deterministic_and_learns(s, batch, num_steps=10)
+  # The bound's gradient reaches q(n | x): its parameters move in a step.
+  moved, _ = jax.jit(s.family.train_step)(state, batch, jax.random.PRNGKey(0))
+  before = jax.tree.leaves(state.params["dequantizer"])
+  after = jax.tree.leaves(moved.params["dequantizer"])
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+
+
 def test_bfloat16_step_is_deterministic_and_learns(cifar10, tmp_path):
   config = glow_cifar10.get_config("smoke")
   config.model.compute_dtype = "bfloat16"
@@ -167,11 +222,14 @@ def test_bfloat16_step_is_deterministic_and_learns(cifar10, tmp_path):
   check_step_is_deterministic_and_learns(s, batch, num_steps=10)
 
 
-@pytest.mark.parametrize("name", ["glow_mnist", "realnvp_mnist"])
-def test_evaluate_views_and_samples(name, datasets, tmp_path):
+@pytest.mark.parametrize("name, dequantization", [
+    ("glow_mnist", "uniform"), ("realnvp_mnist", "uniform"),
+    ("glow_mnist", "variational")])
+def test_evaluate_views_and_samples(name, dequantization, datasets, tmp_path):
   dataset = datasets(name)
-  s, batch = setup_and_batch(CONFIGS[name].get_config("smoke"), dataset, tmp_path,
-                             n=16, split="test")
+  config = CONFIGS[name].get_config("smoke")
+  config.model.dequantization = dequantization
+  s, batch = setup_and_batch(config, dataset, tmp_path, n=16, split="test")
   state = train.init_state(s, batch)
   key = jax.random.PRNGKey(0)
   metrics = jax.jit(s.family.evaluate)(state, batch, key)
@@ -197,10 +255,14 @@ def test_evaluate_views_and_samples(name, datasets, tmp_path):
   assert float(samples.min()) >= 0.0 and float(samples.max()) <= 1.0
 
 
-def test_iwae_bound_is_the_log_mean_density_of_the_one_draw_bounds(mnist, tmp_path):
+@pytest.mark.parametrize("dequantization", ["uniform", "variational"])
+def test_iwae_bound_is_the_log_mean_density_of_the_one_draw_bounds(
+    dequantization, mnist, tmp_path):
   # eval.iwae_samples=k: k dequantizations of each test image; draw j is the
-  # one-draw metric under the key fold_in(key, j) (draw 0: under key itself).
+  # one-draw metric under the key fold_in(key, j) (draw 0: under key itself),
+  # -log p(x + n_j) + log q(n_j | x) for variational noise.
   config = glow_mnist.get_config("smoke")
+  config.model.dequantization = dequantization
   s, batch = setup_and_batch(config, mnist, tmp_path, n=16, split="test")
   state = train.init_state(s, batch)
   key = jax.random.PRNGKey(0)
@@ -261,6 +323,9 @@ def test_a_flow_whose_inverse_overflows_is_reported_not_crashed(mnist, tmp_path)
     ({"model.architecture": "maf"}, "model.architecture"),
     ({"model.preprocess": "logit", "model.logit_alpha": 0.0}, "model.logit_alpha"),
     ({"model.compute_dtype": "float16"}, "model.compute_dtype"),
+    ({"model.dequantization": "learned"}, "model.dequantization"),
+    ({"model.dequantization": "variational", "model.dequant_width": 0},
+     "model.dequant_width"),
 ])
 def test_bad_flow_configs_name_the_key(overrides, key, mnist, tmp_path):
   config = glow_mnist.get_config("smoke")

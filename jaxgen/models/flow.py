@@ -21,6 +21,12 @@ evaluation also reports iwae<k>_nats = -log (1/k) sum_j p(x + n_j), the
 importance-weighted bound with the noise as the latent: tighter, and still a
 bound.
 
+With model.dequantization = "variational" the noise is drawn from q(n | x), a
+small conditional flow trained with the model (Ho et al. 2019), and every
+number above becomes -log p(x + n) + log q(n | x): still a bound on the
+discrete NLL for any q, and a tighter one as q learns where in each pixel's
+bin the flow puts its density (uniform noise is the case log q = 0).
+
 Sampling draws eps ~ N(0, T^2 I) at temperature T = `model.temperature`
 (1.0: the model's own distribution; Glow's pictures use T = 0.7) and inverts
 the flow and the preprocessing.
@@ -40,10 +46,11 @@ from jaxgen import configlib, nets, optim
 from jaxgen.data import DatasetSpec
 from jaxgen.likelihoods import nats_to_bits_per_dim
 from jaxgen.models import Batch, Family, Metrics
-from jaxgen.nets.flow import MultiScaleFlow
+from jaxgen.nets.flow import MultiScaleFlow, VariationalDequantizer
 
 ARCHITECTURES = ("glow", "realnvp")
 PREPROCESSING = ("logit", "shift")
+DEQUANTIZATION = ("uniform", "variational")
 # Temperatures of the sample grid among the views.
 VIEW_TEMPERATURES = (0.0, 0.5, 0.7, 1.0)
 
@@ -66,6 +73,11 @@ def add_model_config(config: ConfigDict, architecture: str) -> None:
   m.lu = True                     # glow: LU-decomposed 1x1 convolutions
   m.preprocess = "logit" if architecture == "realnvp" else "shift"
   m.logit_alpha = 0.05
+  # uniform: n ~ U[0, 1)^D. variational: n ~ q(n | x), a small conditional
+  # flow trained with the model (jaxgen/nets/flow.py VariationalDequantizer).
+  m.dequantization = "uniform"
+  m.dequant_steps = 4             # variational: flow steps of q(n | x)
+  m.dequant_width = 32            # variational: channels of its networks
   m.temperature = 1.0             # of sample(); views show a grid of them
   m.compute_dtype = "float32"     # of the coupling networks (bfloat16: GPU/TPU)
 
@@ -102,15 +114,19 @@ def shrink_model_for_smoke(config: ConfigDict) -> None:
   m = config.model
   m.steps_per_level = 2
   m.width = 16
+  m.dequant_steps = 2
+  m.dequant_width = 8
 
 
 def validate(config: ConfigDict, spec: DatasetSpec) -> None:
   m = config.model
   configlib.require_one_of(config, "model.architecture", ARCHITECTURES)
   configlib.require_one_of(config, "model.preprocess", PREPROCESSING)
+  configlib.require_one_of(config, "model.dequantization", DEQUANTIZATION)
   configlib.require_one_of(config, "model.compute_dtype", configlib.COMPUTE_DTYPES)
   configlib.require_positive(config, "model.num_levels", "model.steps_per_level",
-                             "model.width")
+                             "model.width", "model.dequant_steps",
+                             "model.dequant_width")
   configlib.require_positive(config, "model.temperature", allow_zero=True)
   configlib.require(config, "model.logit_alpha", 0.0 < m.logit_alpha < 0.5,
                     "must be in (0, 0.5): y = logit(a + (1 - 2a) u), and a = 0 "
@@ -164,6 +180,10 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
                         architecture=m.architecture, num_levels=m.num_levels,
                         steps_per_level=m.steps_per_level, width=m.width,
                         lu=bool(m.lu), dtype=nets.compute_dtype(m.compute_dtype))
+  variational = m.dequantization == "variational"
+  dequantizer = VariationalDequantizer(
+      steps=m.dequant_steps, width=m.dequant_width, lu=bool(m.lu),
+      dtype=nets.compute_dtype(m.compute_dtype))
   num_dims = math.prod(spec.image_shape)
   optimizer = optim.make_optimizer(config.optimizer, config.train.num_steps)
   logit = m.preprocess == "logit"
@@ -172,34 +192,73 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
   preprocess = lambda u: preprocess_pixels(u, alpha)
   postprocess = lambda y: postprocess_pixels(y, alpha)
 
+  # Params: the flow's variables; with variational dequantization
+  # {"flow": ..., "dequantizer": ...} (a uniform run's checkpoints keep the
+  # layout they always had).
+  flow_params = lambda params: params["flow"] if variational else params
+
   def nll_nats(params, u_BHWC: jax.Array) -> jax.Array:
     """-log p(v) per image, v = 256 u the dequantized 8-bit image."""
     y, logdet_pre = preprocess(u_BHWC)
-    eps_BD, logdet_flow = flow.apply(params, y, method=flow.forward)
+    eps_BD, logdet_flow = flow.apply(flow_params(params), y, method=flow.forward)
     log_normal = -0.5 * jnp.sum(eps_BD ** 2 + math.log(2 * math.pi), -1)
     return -(log_normal + logdet_flow + logdet_pre) + num_dims * math.log(256.0)
 
+  def base_noise(key: jax.Array, shape) -> jax.Array:
+    """The noise a dequantization starts from: the uniform n itself, or the
+    variational dequantizer's eps."""
+    if variational:
+      return jax.random.normal(key, shape)
+    return jax.random.uniform(key, shape)
+
+  def dequantizer_input(images_u8):
+    return images_u8.astype(jnp.float32) / 255.0 - 0.5
+
+  def dequantize_with(params, base_BHWC, images_u8):
+    """(u = (x + n) / 256, log q(n | x) per image) from base_noise's draw."""
+    if not variational:
+      return ((images_u8.astype(jnp.float32) + base_BHWC) / 256.0,
+              jnp.zeros(images_u8.shape[:1]))
+    noise, log_q = dequantizer.apply(params["dequantizer"],
+                                     dequantizer_input(images_u8), base_BHWC)
+    return (images_u8.astype(jnp.float32) + noise) / 256.0, log_q
+
+  def bound_nats(params, base_BHWC, images_u8):
+    """(u, -log p(x + n) + log q(n | x)) per image: the one-draw bound on
+    -log P(x) (log q = 0 for uniform noise)."""
+    u_BHWC, log_q = dequantize_with(params, base_BHWC, images_u8)
+    return u_BHWC, nll_nats(params, u_BHWC) + log_q
+
   def encode_eps(params, u_BHWC):
-    return flow.apply(params, preprocess(u_BHWC)[0], method=flow.forward)[0]
+    return flow.apply(flow_params(params), preprocess(u_BHWC)[0],
+                      method=flow.forward)[0]
 
   def decode_eps(params, eps_BD):
-    return postprocess(flow.apply(params, eps_BD, method=flow.inverse))
+    return postprocess(flow.apply(flow_params(params), eps_BD, method=flow.inverse))
 
   def init(key: jax.Array, example_batch: Batch) -> FlowState:
-    # ActNorm initialises from this batch (dequantized, preprocessed).
-    noise_key, param_key = jax.random.split(key)
-    y, _ = preprocess(dequantize(noise_key, example_batch["image"]))
-    params = flow.init(param_key, y, method=flow.forward)
+    # ActNorm initialises from this batch, dequantized (by the dequantizer as
+    # initialised) and preprocessed.
+    noise_key, param_key, dequantizer_key = jax.random.split(key, 3)
+    images = example_batch["image"]
+    base = base_noise(noise_key, images.shape)
+    params = {}
+    if variational:
+      params["dequantizer"] = dequantizer.init(
+          dequantizer_key, dequantizer_input(images), base)
+    y, _ = preprocess(dequantize_with(params, base, images)[0])
+    flow_vars = flow.init(param_key, y, method=flow.forward)
+    params = params | {"flow": flow_vars} if variational else flow_vars
     return FlowState(step=jnp.zeros((), jnp.int32), params=params,
                      opt_state=optimizer.init(params))
 
   def train_step(state: FlowState, batch: Batch, key: jax.Array
                  ) -> tuple[FlowState, Metrics]:
     # Drawn with the global batch shape, so 1 or N devices see the same noise.
-    u_BHWC = dequantize(key, batch["image"])
+    base_BHWC = base_noise(key, batch["image"].shape)
 
     def loss_fn(params):
-      nats = nll_nats(params, u_BHWC)
+      nats = bound_nats(params, base_BHWC, batch["image"])[1]
       bpd = jnp.mean(nats_to_bits_per_dim(nats, num_dims))
       return bpd, {"nll_nats": jnp.mean(nats), "nll_bpd": bpd}
 
@@ -212,14 +271,15 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     its index: the numbers do not depend on the batch size or the number of
     devices."""
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(batch["index"])
-    u_BHWC = jax.vmap(dequantize)(keys, batch["image"])
-    return u_BHWC, nll_nats(params, u_BHWC)
+    image_shape = batch["image"].shape[1:]
+    base_BHWC = jax.vmap(lambda k: base_noise(k, image_shape))(keys)
+    return bound_nats(params, base_BHWC, batch["image"])
 
   def iwae_nats(params, batch, key, first_draw_nats_B):
-    """-log (1/k) sum_j p(x + n_j), n_j ~ U[0, 1)^D: the importance-weighted
-    bound (Burda et al. 2016) with the dequantization noise as the latent and
-    the uniform q, whose density is 1, so the weights are the densities
-    themselves. For the same draws it is never above their mean one-draw
+    """-log (1/k) sum_j p(x + n_j) / q(n_j | x), n_j ~ q: the importance-
+    weighted bound (Burda et al. 2016) with the dequantization noise as the
+    latent (for uniform noise q = 1 and the weights are the densities
+    themselves). For the same draws it is never above their mean one-draw
     bound (Jensen) and it tends to -log P(x) as k grows. Draw 0 is the
     one-draw metric's own noise, draw j >= 1 that of evaluating with the key
     fold_in(key, j); draws 1..k-1 run one at a time under lax.map, so memory
@@ -267,7 +327,9 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     eps_ND = jax.random.normal(noise_key, (cols, num_dims))
     rows = [decode_eps(params, t * eps_ND) for t in VIEW_TEMPERATURES]
     out = {"temperatures": jnp.stack(rows, 0)}
-    u_BHWC = dequantize(dequant_key, batch["image"])
+    images = batch["image"]
+    u_BHWC = dequantize_with(params, base_noise(dequant_key, images.shape),
+                             images)[0]
     eps_BD = encode_eps(params, u_BHWC)
     b = u_BHWC.shape[0]
     pairs = max(1, min(8, b // 2))
@@ -282,12 +344,15 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
                               if b % 4 == 0 else pairs_B2)
     return out
 
+  noise = ("n ~ q(n | x), the trained variational dequantizer "
+           f"({m.dequant_steps} steps, width {m.dequant_width})"
+           if variational else "n ~ U[0,1)^D")
   protocol = {
-      "metric": ("nll_nats: -log p of the uniformly dequantized image v = x + n, "
-                 "n ~ U[0,1)^D, one noise draw per test image (its expectation "
-                 "bounds the discrete NLL); nll_bpd: the same in bits per "
-                 "dimension, nats / (D ln 2)"),
-      "data": "8-bit pixels with uniform dequantization, scaled by 1/256",
+      "metric": ("nll_nats: -log p(x + n) + log q(n | x) of the dequantized "
+                 f"image, {noise}, one noise draw per test image (its "
+                 "expectation bounds the discrete NLL; log q = 0 for uniform "
+                 "noise); nll_bpd: the same in bits per dimension, nats / (D ln 2)"),
+      "data": f"8-bit pixels x dequantized as (x + n) / 256, {noise}",
       "preprocess": (f"logit(a + (1 - 2a) u), a = {alpha}, log-determinant "
                      "included" if logit else "u - 0.5"),
       "flow": (f"{m.architecture}: {m.num_levels} levels x {m.steps_per_level} "
@@ -295,10 +360,11 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
       "sample_temperature": temperature,
   }
   if iwae_samples:
-    protocol["iwae"] = (f"iwae{iwae_samples}_nats: -log of the mean density of "
-                        f"k={iwae_samples} dequantizations x + n_j of each test "
+    protocol["iwae"] = (f"iwae{iwae_samples}_nats: -log of the mean of "
+                        f"p(x + n_j) / q(n_j | x) over k={iwae_samples} "
+                        "dequantizations x + n_j of each test "
                         "image (the first is nll_nats's), the importance-weighted "
-                        "bound with the uniform noise as its proposal; tighter "
+                        "bound with the dequantization noise as its proposal; tighter "
                         "than nll_nats, -> -log P(x) as k grows")
   return Family(name="flow", init=init, train_step=train_step, sample=sample,
                 evaluate=evaluate, views=views, loss_key="loss",
