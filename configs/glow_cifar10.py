@@ -7,6 +7,8 @@ Three levels: 16x16x12, 8x8x24, 4x4x48, half factored out after each of the
 first two. Published Glow: 3.35 bits/dim (K=32, width 512, days on GPUs); this
 CPU-sized default is far smaller. Test numbers here are on the first 1,000
 CIFAR-10 test images (all that ../shared/data has).
+--config.model.dequantization=variational trains a q(n | x) for the noise
+(Flow++); at this size it learns a nearly uniform q and gains nothing (README).
 """
 
 from jaxgen import configlib
