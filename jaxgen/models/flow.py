@@ -144,10 +144,15 @@ def validate(config: ConfigDict, spec: DatasetSpec) -> None:
       "divide it; use fewer levels (MNIST: at most 2 for glow, 3 for realnvp)")
 
 
+def into_bins(images_u8: jax.Array, noise_BHWC: jax.Array) -> jax.Array:
+  """u = (x + n) / 256: each 8-bit value x moved by its noise n in [0, 1)
+  within its bin, scaled to [0, 1)."""
+  return (images_u8.astype(jnp.float32) + noise_BHWC) / 256.0
+
+
 def dequantize(key: jax.Array, images_u8: jax.Array) -> jax.Array:
   """Uniform dequantization: (x + n) / 256, n ~ U[0, 1) per pixel."""
-  noise = jax.random.uniform(key, images_u8.shape)
-  return (images_u8.astype(jnp.float32) + noise) / 256.0
+  return into_bins(images_u8, jax.random.uniform(key, images_u8.shape))
 
 
 def preprocess_pixels(u_BHWC: jax.Array, logit_alpha: float | None
@@ -217,11 +222,10 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
   def dequantize_with(params, base_BHWC, images_u8):
     """(u = (x + n) / 256, log q(n | x) per image) from base_noise's draw."""
     if not variational:
-      return ((images_u8.astype(jnp.float32) + base_BHWC) / 256.0,
-              jnp.zeros(images_u8.shape[:1]))
+      return into_bins(images_u8, base_BHWC), jnp.zeros(images_u8.shape[:1])
     noise, log_q = dequantizer.apply(params["dequantizer"],
                                      dequantizer_input(images_u8), base_BHWC)
-    return (images_u8.astype(jnp.float32) + noise) / 256.0, log_q
+    return into_bins(images_u8, noise), log_q
 
   def bound_nats(params, base_BHWC, images_u8):
     """(u, -log p(x + n) + log q(n | x)) per image: the one-draw bound on
