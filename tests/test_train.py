@@ -231,6 +231,20 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(mnist, tmp_path, capl
     train.train(smoke_config(), tmp_path, mesh=mesh, dataset=mnist)
 
 
+def test_checkpoint_of_another_layout_is_named_not_moved(mnist, tmp_path):
+  # A changed model setting is no corruption: the run stops with what differs
+  # and how to resume, and the checkpoints stay where they are.
+  mesh = sharding.make_mesh(1)
+  train.train(smoke_config(num_steps=10), tmp_path, mesh=mesh, dataset=mnist)
+  wider = smoke_config(num_steps=10)
+  wider.model.latent_dim += 1
+  with pytest.raises(CheckpointError, match=r"different state layout.*of another "
+                     r"shape.*config\.json.*Nothing was moved"):
+    train.train(wider, tmp_path, mesh=mesh, dataset=mnist)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10"]
+  assert not (tmp_path / "checkpoints_corrupt").exists()
+
+
 def test_eval_means_are_exact_whatever_the_batching(mnist, tmp_path, num_devices):
   config = smoke_config(num_steps=5)
   run = train.train(config, tmp_path, mesh=sharding.make_mesh(1), dataset=mnist)
