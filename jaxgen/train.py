@@ -324,9 +324,11 @@ def train(config: ConfigDict, workdir: str | Path, *, mesh: Mesh | None = None,
     if found and primary:
       writer.write_scalars(at_step, found)
   num_params = count_params(state.params)
-  logging.info("%s on %s: %s parameters, %d devices, data from %s (%.1fs)",
+  logging.info("%s on %s: %s parameters, %d devices, data from %s (%s train, "
+               "%s test images; %.1fs)",
                s.family.name, s.dataset.spec.name, f"{num_params:,}",
-               s.mesh.devices.size, s.dataset.source, s.data_load_seconds)
+               s.mesh.devices.size, s.dataset.source, f"{len(s.dataset.train):,}",
+               f"{len(s.dataset.test):,}", s.data_load_seconds)
 
   batch_sharding = sharding.batch_sharding(s.mesh)
   replicated = sharding.replicated(s.mesh)

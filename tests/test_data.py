@@ -5,9 +5,10 @@ import time
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import DATA_DIR
-from jaxgen import data, sharding
+from jaxgen import data, data_pack, sharding
 
 
 def test_mnist_raw_files_match_tfds_builder(mnist, tmp_path):
@@ -165,3 +166,28 @@ def test_multihost_environment_detection(monkeypatch, env, expected):
   assert sharding.multihost_environment() == expected
   if expected is None:
     assert sharding.maybe_initialize_distributed() is False
+
+
+def test_packed_cifar10_subset_unpacks_to_the_official_bytes(tmp_path, monkeypatch):
+  # The first 150 training images (two WebP tiles' worth of rows: 100 + 50)
+  # and the test images; unpacked, the loader reads exactly those records.
+  monkeypatch.setattr(data_pack, "TILE_IMAGES", 100)   # two tiles, one partial
+  manifest = data_pack.pack(DATA_DIR, 150, tmp_path / "packed")
+  assert manifest["train"]["tiles"] == ["train_0.webp", "train_1.webp"]
+  folder = data_pack.unpack(tmp_path / "packed", tmp_path / "data")
+  official = data.load("cifar10", str(DATA_DIR), source="raw")
+  subset = data.load("cifar10", str(tmp_path / "data"), source="raw")
+  np.testing.assert_array_equal(subset.train.images, official.train.images[:150])
+  np.testing.assert_array_equal(subset.train.labels, official.train.labels[:150])
+  np.testing.assert_array_equal(subset.test.images, official.test.images)
+  assert (folder / "cifar-10-batches-bin" / "data_batch_2.bin").stat().st_size == 0
+  # A damaged pack is refused, naming what to do, and writes nothing wrong.
+  tile = tmp_path / "packed" / "train_1.webp"
+  grid = np.asarray(Image.open(tile)).copy()
+  grid[0, 0] ^= 1
+  Image.fromarray(grid).save(tile, "WEBP", lossless=True)
+  with pytest.raises(data.DataError, match="corrupt; pack it again"):
+    data_pack.unpack(tmp_path / "packed", tmp_path / "data2")
+  assert not (tmp_path / "data2").exists()
+  with pytest.raises(data.DataError, match="not a folder written"):
+    data_pack.unpack(tmp_path, tmp_path / "data3")
