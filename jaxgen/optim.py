@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
@@ -21,6 +22,18 @@ def learning_rate_schedule(cfg: ConfigDict, num_steps: int) -> optax.Schedule:
     return main
   warmup = optax.linear_schedule(0.0, peak, cfg.warmup_steps)
   return optax.join_schedules([warmup, main], [cfg.warmup_steps])
+
+
+def ema_update(ema_params: Any, params: Any, decay: jax.Array | float) -> Any:
+  """decay * ema + (1 - decay) * params, leaf by leaf: one step of an
+  exponential moving average of the weights."""
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def warmed_up_ema_decay(decay: float, step: jax.Array) -> jax.Array:
+  """min(decay, (1 + step) / (10 + step)): early on the average follows the
+  weights closely, so it never holds much of the random initialisation."""
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
 def make_optimizer(cfg: ConfigDict, num_steps: int) -> optax.GradientTransformation:

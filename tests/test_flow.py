@@ -13,8 +13,10 @@ from conftest import (check_bfloat16_compute, check_step_is_deterministic_and_le
                       set_overrides, setup_and_batch, with_first_test_images)
 from configs import glow_cifar10, glow_mnist, realnvp_cifar10, realnvp_mnist
 from jaxgen import configlib, evaluate, sharding, train
+from jaxgen.models import count_params
 from jaxgen.models import flow as flow_model
 from jaxgen.nets import flow
+from jaxgen.nets.conv import space_to_depth
 
 CONFIGS = {"glow_mnist": glow_mnist, "realnvp_mnist": realnvp_mnist,
            "glow_cifar10": glow_cifar10, "realnvp_cifar10": realnvp_cifar10}
@@ -134,14 +136,16 @@ def test_preprocessing_inverts_and_its_logdet_is_the_jacobians(alpha):
   np.testing.assert_allclose(float(logdet_B[0]), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("architecture, dtype", [
-    ("glow", None), ("realnvp", None), ("glow", jnp.bfloat16),
-    ("realnvp", jnp.bfloat16)])
-def test_whole_smoke_flow_inverts_and_its_logdet_is_the_jacobians(architecture, dtype):
+@pytest.mark.parametrize("architecture, dtype, scan_steps", [
+    ("glow", None, False), ("realnvp", None, False), ("glow", jnp.bfloat16, False),
+    ("realnvp", jnp.bfloat16, False), ("glow", None, True)])
+def test_whole_smoke_flow_inverts_and_its_logdet_is_the_jacobians(
+    architecture, dtype, scan_steps):
   # In bfloat16 too: the inverse recomputes the coupling networks from the same
   # inputs, so bfloat16's rounding cancels and the flow stays a bijection.
   model = flow.MultiScaleFlow(image_shape=(8, 8, 2), architecture=architecture,
-                              num_levels=2, steps_per_level=2, width=8, dtype=dtype)
+                              num_levels=2, steps_per_level=2, width=8, dtype=dtype,
+                              scan_steps=scan_steps)
   y_BHWC = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 2))
   params = perturbed(model.init(jax.random.PRNGKey(1), y_BHWC, method=model.forward),
                      jax.random.PRNGKey(2), scale=0.05)
@@ -152,6 +156,44 @@ def test_whole_smoke_flow_inverts_and_its_logdet_is_the_jacobians(architecture, 
   expected = jacobian_log_abs_det(
       lambda v: model.apply(params, v, method=model.forward)[0], y_BHWC[0])
   np.testing.assert_allclose(float(logdet_B[0]), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_scanned_glow_steps_are_the_unrolled_steps_with_stacked_params():
+  # scan_steps=True runs each level's K steps as one scan: with the unrolled
+  # flow's parameters stacked step by step it computes the same bijection.
+  kwargs = dict(image_shape=(8, 8, 2), num_levels=2, steps_per_level=3, width=8)
+  unrolled = flow.MultiScaleFlow(**kwargs)
+  scanned = flow.MultiScaleFlow(**kwargs, scan_steps=True)
+  y_BHWC = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 2))
+  params = perturbed(unrolled.init(jax.random.PRNGKey(1), y_BHWC, method=unrolled.forward),
+                     jax.random.PRNGKey(2), scale=0.05)["params"]
+  k = kwargs["steps_per_level"]
+  stacked = {name: value for name, value in params.items() if name.startswith("splits")}
+  for level in range(kwargs["num_levels"]):
+    per_step = [{part: params[f"layers_{3 * (level * k + step) + j}"]
+                 for j, part in enumerate(("actnorm", "conv1x1", "coupling"))}
+                for step in range(k)]
+    stacked[f"layers_{level}"] = {
+        "steps": jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_step)}
+  # The layout is the one scanned.init makes.
+  made = scanned.init(jax.random.PRNGKey(1), y_BHWC, method=scanned.forward)["params"]
+  assert jax.tree.structure(made) == jax.tree.structure(stacked)
+  assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(made),
+                                                jax.tree.leaves(stacked)))
+  eps_want, logdet_want = unrolled.apply({"params": params}, y_BHWC, method=unrolled.forward)
+  eps_got, logdet_got = scanned.apply({"params": stacked}, y_BHWC, method=scanned.forward)
+  np.testing.assert_allclose(eps_got, eps_want, atol=1e-5)
+  np.testing.assert_allclose(logdet_got, logdet_want, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(scanned.apply({"params": stacked}, eps_want,
+                                           method=scanned.inverse),
+                             unrolled.apply({"params": params}, eps_want,
+                                            method=unrolled.inverse), atol=1e-5)
+  # Init ran the scan forward: each step's actnorm set itself from its own
+  # input (the first from the squeezed image), not from one shared batch.
+  bias_K = made["layers_0"]["steps"]["actnorm"]["bias"]
+  np.testing.assert_allclose(bias_K[0], -jnp.mean(space_to_depth(y_BHWC, 2), (0, 1, 2)),
+                             rtol=1e-5, atol=1e-6)
+  assert not np.allclose(bias_K[1], bias_K[0])
 
 
 def test_bfloat16_coupling_network_computes_in_bfloat16():
@@ -214,12 +256,63 @@ def test_variational_dequantization_step_is_deterministic_and_trains_q(cifar10, 
   assert any(not np.allclose(a, b) for a, b in zip(before, after))
 
 
-def test_bfloat16_step_is_deterministic_and_learns(cifar10, tmp_path):
-  config = glow_cifar10.get_config("smoke")
-  config.model.compute_dtype = "bfloat16"
+def test_gpu_config_step_in_bfloat16_with_ema_is_deterministic_and_learns(
+    cifar10, tmp_path):
+  # ':gpu,smoke': the GPU config's structure (bfloat16 coupling networks, EMA,
+  # constant rate) at smoke size.
+  config = glow_cifar10.get_config("gpu,smoke")
+  assert config.model.compute_dtype == "bfloat16" and config.model.ema_decay > 0
   config.optimizer.learning_rate = 3e-3
   s, batch = setup_and_batch(config, cifar10, tmp_path)
   check_step_is_deterministic_and_learns(s, batch, num_steps=10)
+
+
+def test_gpu_config_is_the_published_glow_size(cifar10, tmp_path):
+  # Kingma & Dhariwal's CIFAR-10 Glow: 3 levels of K = 32 steps, width 512.
+  config = glow_cifar10.get_config("gpu")
+  s = train.setup(config, tmp_path, sharding.make_mesh(1), cifar10)
+  batch = {"image": np.zeros((1, 32, 32, 3), np.uint8)}
+  shapes = jax.eval_shape(s.family.init, jax.random.PRNGKey(0), batch)
+  assert round(count_params(shapes.params) / 1e6, 1) == 44.2
+
+
+def test_ema_averages_the_weights_and_evaluation_and_samples_use_it(mnist, tmp_path):
+  config = glow_mnist.get_config("smoke")
+  config.model.ema_decay = 0.9
+  config.optimizer.learning_rate = 3e-3
+  s, batch = setup_and_batch(config, mnist, tmp_path, n=16, split="test")
+  step = jax.jit(s.family.train_step)
+  states = [train.init_state(s, batch)]
+  for i in range(3):
+    states.append(step(states[-1], batch, jax.random.PRNGKey(i))[0])
+  # After step n the average takes min(0.9, (1 + n) / (10 + n)) of itself.
+  for n in (1, 3):
+    decay = min(0.9, (1 + n) / (10 + n))
+    expected = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p,
+                            states[n - 1].ema_params, states[n].params)
+    for got, want in zip(jax.tree.leaves(states[n].ema_params),
+                         jax.tree.leaves(expected)):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  state = states[3]
+  assert not all(np.allclose(a, b) for a, b in zip(
+      jax.tree.leaves(state.ema_params), jax.tree.leaves(state.params)))
+  # Evaluation and sampling read the average: with it set to the live
+  # weights they give what the same run evaluated with ema_decay=0 gives.
+  key = jax.random.PRNGKey(5)
+  live_as_ema = state.replace(ema_params=state.params)
+  config.model.ema_decay = 0.0
+  s_off = train.setup(config, tmp_path, sharding.make_mesh(1), mnist)
+  outputs = {
+      "nll_nats": lambda s_, st: s_.family.evaluate(st, batch, key)["nll_nats"],
+      "samples": lambda s_, st: s_.family.sample(st, key, 4)}
+  for name, output in outputs.items():
+    without = np.asarray(output(s_off, state))
+    np.testing.assert_allclose(output(s, live_as_ema), without, rtol=1e-6, err_msg=name)
+    assert not np.allclose(output(s, state), without), name
+  # With the EMA off the average is the weights themselves.
+  off_state = jax.jit(s_off.family.train_step)(states[0], batch, key)[0]
+  for a, b in zip(jax.tree.leaves(off_state.ema_params), jax.tree.leaves(off_state.params)):
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("name, dequantization", [
@@ -326,6 +419,8 @@ def test_a_flow_whose_inverse_overflows_is_reported_not_crashed(mnist, tmp_path)
     ({"model.dequantization": "learned"}, "model.dequantization"),
     ({"model.dequantization": "variational", "model.dequant_width": 0},
      "model.dequant_width"),
+    ({"model.ema_decay": 1.0}, "model.ema_decay"),
+    ({"model.architecture": "realnvp", "model.scan_steps": True}, "model.scan_steps"),
 ])
 def test_bad_flow_configs_name_the_key(overrides, key, mnist, tmp_path):
   config = glow_mnist.get_config("smoke")

@@ -438,10 +438,9 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
       return jnp.mean((out - goal) ** 2), {}
 
     state, metrics = optim.gradient_step(state, optimizer, loss_fn)
-    decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
-    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
-                       state.ema_params, state.params)
-    return state.replace(ema_params=ema), metrics
+    decay = optim.warmed_up_ema_decay(ema_decay, state.step)
+    return state.replace(
+        ema_params=optim.ema_update(state.ema_params, state.params, decay)), metrics
 
   def bound_terms(params, x0, labels_B, t_B, noise) -> jax.Array:
     """L_t per image at the given timesteps: the KL for t >= 1, the discrete

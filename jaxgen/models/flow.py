@@ -60,6 +60,7 @@ class FlowState:
   step: jax.Array
   params: Any
   opt_state: Any
+  ema_params: Any    # EMA of params (= params when model.ema_decay = 0)
 
 
 def add_model_config(config: ConfigDict, architecture: str) -> None:
@@ -71,6 +72,10 @@ def add_model_config(config: ConfigDict, architecture: str) -> None:
   m.steps_per_level = 8           # flow steps (glow) / couplings per half level
   m.width = 128                   # channels of each coupling's network
   m.lu = True                     # glow: LU-decomposed 1x1 convolutions
+  # glow: each level's steps as one lax.scan over stacked parameters: the same
+  # function, compiled once per level instead of once per step (deep flows
+  # compile in seconds, not minutes); another checkpoint layout.
+  m.scan_steps = False
   m.preprocess = "logit" if architecture == "realnvp" else "shift"
   m.logit_alpha = 0.05
   # uniform: n ~ U[0, 1)^D. variational: n ~ q(n | x), a small conditional
@@ -80,6 +85,10 @@ def add_model_config(config: ConfigDict, architecture: str) -> None:
   m.dequant_width = 32            # variational: channels of its networks
   m.temperature = 1.0             # of sample(); views show a grid of them
   m.compute_dtype = "float32"     # of the coupling networks (bfloat16: GPU/TPU)
+  # > 0: evaluation, sampling and views use an exponential moving average of
+  # the weights (Polyak averaging), which pays off in runs that end at a high
+  # learning rate (a constant rate, a wall-clock stop).
+  m.ema_decay = 0.0
 
 
 def flow_config(dataset: str, architecture: str, options: set[str]) -> ConfigDict:
@@ -128,6 +137,12 @@ def validate(config: ConfigDict, spec: DatasetSpec) -> None:
                              "model.width", "model.dequant_steps",
                              "model.dequant_width")
   configlib.require_positive(config, "model.temperature", allow_zero=True)
+  configlib.require(config, "model.scan_steps",
+                    not m.scan_steps or m.architecture == "glow",
+                    "is for glow (its steps are alike); realnvp alternates "
+                    "its masks, so set it to False")
+  configlib.require(config, "model.ema_decay", 0.0 <= m.ema_decay < 1.0,
+                    "must be in [0, 1): 0 evaluates the trained weights")
   configlib.require(config, "model.logit_alpha", 0.0 < m.logit_alpha < 0.5,
                     "must be in (0, 0.5): y = logit(a + (1 - 2a) u), and a = 0 "
                     "sends a black pixel to -inf")
@@ -184,7 +199,8 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
   flow = MultiScaleFlow(image_shape=tuple(spec.image_shape),
                         architecture=m.architecture, num_levels=m.num_levels,
                         steps_per_level=m.steps_per_level, width=m.width,
-                        lu=bool(m.lu), dtype=nets.compute_dtype(m.compute_dtype))
+                        lu=bool(m.lu), dtype=nets.compute_dtype(m.compute_dtype),
+                        scan_steps=bool(m.scan_steps))
   variational = m.dequantization == "variational"
   dequantizer = VariationalDequantizer(
       steps=m.dequant_steps, width=m.dequant_width, lu=bool(m.lu),
@@ -194,6 +210,7 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
   logit = m.preprocess == "logit"
   alpha = float(m.logit_alpha) if logit else None
   temperature = float(m.temperature)
+  ema_decay = float(m.ema_decay)
   preprocess = lambda u: preprocess_pixels(u, alpha)
   postprocess = lambda y: postprocess_pixels(y, alpha)
 
@@ -254,7 +271,7 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     flow_vars = flow.init(param_key, y, method=flow.forward)
     params = params | {"flow": flow_vars} if variational else flow_vars
     return FlowState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=optimizer.init(params))
+                     opt_state=optimizer.init(params), ema_params=params)
 
   def train_step(state: FlowState, batch: Batch, key: jax.Array
                  ) -> tuple[FlowState, Metrics]:
@@ -266,7 +283,18 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
       bpd = jnp.mean(nats_to_bits_per_dim(nats, num_dims))
       return bpd, {"nll_nats": jnp.mean(nats), "nll_bpd": bpd}
 
-    return optim.gradient_step(state, optimizer, loss_fn)
+    state, metrics = optim.gradient_step(state, optimizer, loss_fn)
+    if not ema_decay:
+      return state.replace(ema_params=state.params), metrics
+    decay = optim.warmed_up_ema_decay(ema_decay, state.step)
+    return state.replace(
+        ema_params=optim.ema_update(state.ema_params, state.params, decay)), metrics
+
+  def eval_params(state: FlowState):
+    """The EMA when it is on. Reading the live weights when it is off (equal to
+    ema_params in a run trained that way) lets `--config.model.ema_decay=0`
+    evaluate an EMA run's own weights."""
+    return state.ema_params if ema_decay else state.params
 
   iwae_samples = int(config.eval.get("iwae_samples", 0))
 
@@ -297,17 +325,18 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     return -(jax.nn.logsumexp(-nats_KB, 0) - math.log(iwae_samples))
 
   def evaluate(state: FlowState, batch: Batch, key: jax.Array) -> Metrics:
-    u_BHWC, nats = one_draw(state.params, batch, key)
+    params = eval_params(state)
+    u_BHWC, nats = one_draw(params, batch, key)
     metrics = {"nll_nats": nats, "nll_bpd": nats_to_bits_per_dim(nats, num_dims)}
     if iwae_samples:
-      iw_nats = iwae_nats(state.params, batch, key, nats)
+      iw_nats = iwae_nats(params, batch, key, nats)
       metrics[f"iwae{iwae_samples}_nats"] = iw_nats
       metrics[f"iwae{iwae_samples}_bpd"] = nats_to_bits_per_dim(iw_nats, num_dims)
     # x -> eps -> x: how exactly the inverse undoes the forward pass, in [0, 1]
     # pixel units (a flow that is not invertible in float32 shows here).
     # A non-finite reconstruction (the inverse overflowing in float32) counts
     # as the largest possible error, 1; XLA's max would otherwise skip NaNs.
-    recon = decode_eps(state.params, encode_eps(state.params, u_BHWC))
+    recon = decode_eps(params, encode_eps(params, u_BHWC))
     error = jnp.where(jnp.isfinite(recon), jnp.abs(recon - u_BHWC), 1.0)
     error_B = jnp.max(error, axis=(1, 2, 3))
     return metrics | {"inverse_max_abs_error": error_B,
@@ -315,7 +344,7 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
 
   def sample(state: FlowState, key: jax.Array, num: int, labels=None) -> jax.Array:
     del labels  # unconditional
-    return sample_at(state.params, key, num, temperature)
+    return sample_at(eval_params(state), key, num, temperature)
 
   def sample_at(params, key, num, t):
     return decode_eps(params, t * jax.random.normal(key, (num, num_dims)))
@@ -325,7 +354,7 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     1.0 (one row each, the same noise scaled), interpolations between test
     images along the straight line between their eps, and reconstructions
     x -> eps -> x (input beside its reconstruction)."""
-    params = state.params
+    params = eval_params(state)
     noise_key, dequant_key = jax.random.split(key)
     cols = 8
     eps_ND = jax.random.normal(noise_key, (cols, num_dims))
@@ -362,6 +391,8 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
       "flow": (f"{m.architecture}: {m.num_levels} levels x {m.steps_per_level} "
                f"steps, coupling width {m.width}"),
       "sample_temperature": temperature,
+      "weights": (f"EMA of the weights (decay {ema_decay:g})" if ema_decay
+                  else "the trained weights"),
   }
   if iwae_samples:
     protocol["iwae"] = (f"iwae{iwae_samples}_nats: -log of the mean of "

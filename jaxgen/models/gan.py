@@ -361,8 +361,7 @@ def make_steps(config: ConfigDict, spec: DatasetSpec) -> GANSteps:
         params, stats, opt_state, labels_B[-share:], jax.random.fold_in(key, 1))
     if ema_decay:
       decay = jnp.where(state.step < ema_start, 0.0, ema_decay)
-      ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
-                                state.ema_params, params["generator"])
+      ema_params = optim.ema_update(state.ema_params, params["generator"], decay)
     else:
       ema_params = params["generator"]
     metrics = {k: jnp.mean(jnp.stack([d[k] for d in d_metrics])) for k in d_metrics[0]}
