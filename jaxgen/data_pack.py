@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from jaxgen.data import _CIFAR_DIR, _CIFAR_TEST_CANDIDATES, _CIFAR_TRAIN, DataError
+from jaxgen.data import (_CIFAR_DIR, _CIFAR_TEST_CANDIDATES, _CIFAR_TRAIN, DataError,
+                         read_cifar10_bin)
 
-RECORD_BYTES = 1 + 32 * 32 * 3
 TILE_IMAGES = 10_000          # images per WebP file: 100 x 100 (3,200 px square)
 TILE_COLUMNS = 100
 MANIFEST = "manifest.json"
@@ -41,21 +41,20 @@ def _md5(data: bytes) -> str:
   return hashlib.md5(data).hexdigest()
 
 
-def _records(path: Path) -> np.ndarray:
-  data = np.fromfile(path, np.uint8)
-  if data.size % RECORD_BYTES:
-    raise DataError(f"{path} is not a CIFAR-10 binary batch: its size {data.size} "
-                    f"is not a multiple of {RECORD_BYTES} bytes.")
-  return data.reshape(-1, RECORD_BYTES)
+def _official_bytes(images_NHWC: np.ndarray, labels: np.ndarray) -> bytes:
+  """The official binary layout: per image 1 label byte + 3072 CHW bytes."""
+  records = np.empty((len(labels), 1 + 32 * 32 * 3), np.uint8)
+  records[:, 0] = labels
+  records[:, 1:] = images_NHWC.transpose(0, 3, 1, 2).reshape(len(labels), 32 * 32 * 3)
+  return records.tobytes()
 
 
-def _encode_tiles(records: np.ndarray) -> list[bytes]:
-  """Records -> lossless WebP files of up to TILE_IMAGES images each, in
+def _encode_tiles(images: np.ndarray) -> list[bytes]:
+  """Images -> lossless WebP files of up to TILE_IMAGES images each, in
   rows of TILE_COLUMNS (the last row padded with black)."""
   tiles = []
-  for start in range(0, len(records), TILE_IMAGES):
-    chunk = records[start:start + TILE_IMAGES, 1:]
-    images_NHWC = chunk.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  for start in range(0, len(images), TILE_IMAGES):
+    images_NHWC = images[start:start + TILE_IMAGES]
     rows = -(-len(images_NHWC) // TILE_COLUMNS)
     padded = np.zeros((rows * TILE_COLUMNS, 32, 32, 3), np.uint8)
     padded[:len(images_NHWC)] = images_NHWC
@@ -67,30 +66,25 @@ def _encode_tiles(records: np.ndarray) -> list[bytes]:
   return tiles
 
 
-def _decode_tiles(tiles: list[bytes], labels: np.ndarray) -> np.ndarray:
-  """Inverse of _encode_tiles, the labels put back: [N, RECORD_BYTES]."""
+def _decode_tiles(tiles: list[bytes], count: int) -> np.ndarray:
+  """Inverse of _encode_tiles: the first `count` images, [N, 32, 32, 3]."""
   images = []
   for tile in tiles:
     grid = np.asarray(Image.open(io.BytesIO(tile)).convert("RGB"))
     rows = grid.shape[0] // 32
     images.append(grid.reshape(rows, 32, TILE_COLUMNS, 32, 3)
                   .transpose(0, 2, 1, 3, 4).reshape(-1, 32, 32, 3))
-  images_NHWC = np.concatenate(images)[:len(labels)] if images else np.zeros(
-      (0, 32, 32, 3), np.uint8)
-  records = np.empty((len(labels), RECORD_BYTES), np.uint8)
-  records[:, 0] = labels
-  records[:, 1:] = images_NHWC.transpose(0, 3, 1, 2).reshape(len(labels), -1)
-  return records
+  return np.concatenate(images)[:count] if images else np.zeros((0, 32, 32, 3), np.uint8)
 
 
-def _write_split(out: Path, name: str, records: np.ndarray) -> dict:
-  tiles = _encode_tiles(records)
+def _write_split(out: Path, name: str, images_NHWC: np.ndarray, labels: np.ndarray
+                 ) -> dict:
   files = []
-  for i, tile in enumerate(tiles):
+  for i, tile in enumerate(_encode_tiles(images_NHWC)):
     files.append(f"{name}_{i}.webp")
     (out / files[-1]).write_bytes(tile)
-  (out / f"{name}_labels.bin").write_bytes(records[:, 0].tobytes())
-  return {"count": len(records), "tiles": files}
+  (out / f"{name}_labels.bin").write_bytes(labels.astype(np.uint8).tobytes())
+  return {"count": len(labels), "tiles": files}
 
 
 def pack(data_dir: str | Path, num_train: int, out: str | Path) -> dict:
@@ -105,32 +99,36 @@ def pack(data_dir: str | Path, num_train: int, out: str | Path) -> dict:
     raise DataError(f"the official CIFAR-10 files are not all in {folder} "
                     f"(missing: {', '.join(missing) or 'a test batch'}); "
                     "point --data_dir at the folder holding cifar10/.")
-  train = np.concatenate([_records(root / f) for f in _CIFAR_TRAIN])
-  if not 0 < num_train <= len(train):
-    raise ValueError(f"--num_train={num_train}: must be in 1..{len(train)}, "
+  train_images, train_labels = read_cifar10_bin([root / f for f in _CIFAR_TRAIN])
+  if not 0 < num_train <= len(train_labels):
+    raise ValueError(f"--num_train={num_train}: must be in 1..{len(train_labels)}, "
                      "the training images at hand.")
-  train = train[:num_train]
-  test = _records(test_path)
+  train_images, train_labels = train_images[:num_train], train_labels[:num_train]
+  test_images, test_labels = read_cifar10_bin([test_path])
+  test_file = str(test_path.relative_to(folder))
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  batch_files = _batch_files(train)
   manifest = {
-      "train": _write_split(out, "train", train),
-      "test": _write_split(out, "test", test) | {
-          "file": str(test_path.relative_to(folder))},
-      "md5": {f"{_CIFAR_DIR}/{name}": _md5(records.tobytes())
-              for name, records in batch_files.items()}
-             | {str(test_path.relative_to(folder)): _md5(test.tobytes())},
+      "train": _write_split(out, "train", train_images, train_labels),
+      "test": _write_split(out, "test", test_images, test_labels) | {"file": test_file},
+      "md5": {name: _md5(data) for name, data in
+              _official_files(train_images, train_labels, test_images, test_labels,
+                              test_file).items()},
   }
   (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
   return manifest
 
 
-def _batch_files(train: np.ndarray) -> dict[str, np.ndarray]:
-  """The official batch files' contents for these training records: 10,000
-  per file, in order, the files past them empty."""
-  return {name: train[i * 10_000:(i + 1) * 10_000]
-          for i, name in enumerate(_CIFAR_TRAIN)}
+def _official_files(train_images, train_labels, test_images, test_labels,
+                    test_file: str) -> dict[str, bytes]:
+  """Path under cifar10/ -> bytes of the official files holding these images:
+  10,000 training images per batch file, in order (the files past them
+  empty), and the test images under the test file's own name."""
+  files = {f"{_CIFAR_DIR}/{name}": _official_bytes(
+               train_images[i * 10_000:(i + 1) * 10_000],
+               train_labels[i * 10_000:(i + 1) * 10_000])
+           for i, name in enumerate(_CIFAR_TRAIN)}
+  return files | {test_file: _official_bytes(test_images, test_labels)}
 
 
 def unpack(packed: str | Path, data_dir: str | Path) -> Path:
@@ -143,18 +141,17 @@ def unpack(packed: str | Path, data_dir: str | Path) -> Path:
                     "by `python -m jaxgen.data_pack pack`.")
   manifest = json.loads(manifest_path.read_text())
 
-  def split_records(name):
+  def split(name):
     info = manifest[name]
     labels = np.frombuffer((packed / f"{name}_labels.bin").read_bytes(), np.uint8)
     if len(labels) != info["count"]:
       raise DataError(f"{packed / (name + '_labels.bin')} holds {len(labels)} "
                       f"labels, the manifest {info['count']}: the pack is "
                       "incomplete; pack it again.")
-    return _decode_tiles([(packed / t).read_bytes() for t in info["tiles"]], labels)
+    tiles = [(packed / t).read_bytes() for t in info["tiles"]]
+    return _decode_tiles(tiles, len(labels)), labels
 
-  contents = {f"{_CIFAR_DIR}/{name}": records.tobytes()
-              for name, records in _batch_files(split_records("train")).items()}
-  contents[manifest["test"]["file"]] = split_records("test").tobytes()
+  contents = _official_files(*split("train"), *split("test"), manifest["test"]["file"])
   # Every file checked before any is written: a corrupt pack leaves nothing.
   for relative, data in contents.items():
     if _md5(data) != manifest["md5"][relative]:
