@@ -175,15 +175,18 @@ def main(argv: list[str] | None = None) -> None:
   u.add_argument("--packed", required=True)
   u.add_argument("--data_dir", required=True, help="cifar10/ is written here")
   args = parser.parse_args(argv)
-  if args.verb == "pack":
-    manifest = pack(args.data_dir, args.num_train, args.out)
-    size = sum(f.stat().st_size for f in Path(args.out).iterdir())
-    print(f"packed {manifest['train']['count']:,} training and "
-          f"{manifest['test']['count']:,} test images into {args.out} "
-          f"({size / 2**20:.1f} MiB)")
-  else:
-    folder = unpack(args.packed, args.data_dir)
-    print(f"wrote {folder} (official layout, md5s checked)")
+  try:
+    if args.verb == "pack":
+      manifest = pack(args.data_dir, args.num_train, args.out)
+      size = sum(f.stat().st_size for f in Path(args.out).iterdir())
+      print(f"packed {manifest['train']['count']:,} training and "
+            f"{manifest['test']['count']:,} test images into {args.out} "
+            f"({size / 2**20:.1f} MiB)")
+    else:
+      folder = unpack(args.packed, args.data_dir)
+      print(f"wrote {folder} (official layout, md5s checked)")
+  except (DataError, ValueError) as e:
+    parser.exit(2, f"error: {e}\n")
 
 
 if __name__ == "__main__":

@@ -168,7 +168,8 @@ def test_multihost_environment_detection(monkeypatch, env, expected):
     assert sharding.maybe_initialize_distributed() is False
 
 
-def test_packed_cifar10_subset_unpacks_to_the_official_bytes(tmp_path, monkeypatch):
+def test_packed_cifar10_subset_unpacks_to_the_official_bytes(tmp_path, monkeypatch,
+                                                             capsys):
   # The first 150 training images (two WebP tiles' worth of rows: 100 + 50)
   # and the test images; unpacked, the loader reads exactly those records.
   monkeypatch.setattr(data_pack, "TILE_IMAGES", 100)   # two tiles, one partial
@@ -191,3 +192,8 @@ def test_packed_cifar10_subset_unpacks_to_the_official_bytes(tmp_path, monkeypat
   assert not (tmp_path / "data2").exists()
   with pytest.raises(data.DataError, match="not a folder written"):
     data_pack.unpack(tmp_path, tmp_path / "data3")
+  # From the command line: the message and exit status 2, no traceback.
+  with pytest.raises(SystemExit) as exit_info:
+    data_pack.main(["unpack", f"--packed={tmp_path}", f"--data_dir={tmp_path / 'data3'}"])
+  assert exit_info.value.code == 2
+  assert "error: " in capsys.readouterr().err
