@@ -282,6 +282,22 @@ def load(name: str, data_dir: str | None = None, source: str = "auto",
 # Pixel transforms (pure, jittable).
 
 
+def augment(key: jax.Array, x_BHWC: jax.Array, max_shift: int, flip: bool
+            ) -> jax.Array:
+  """Random translation by up to max_shift pixels, optional horizontal flip."""
+  b, h, w, _ = x_BHWC.shape
+  shift_key, flip_key = jax.random.split(key)
+  if max_shift:
+    padded = jnp.pad(x_BHWC, ((0, 0), (max_shift,) * 2, (max_shift,) * 2, (0, 0)))
+    offsets = jax.random.randint(shift_key, (b, 2), 0, 2 * max_shift + 1)
+    x_BHWC = jax.vmap(lambda img, o: jax.lax.dynamic_slice(
+        img, (o[0], o[1], 0), (h, w, img.shape[-1])))(padded, offsets)
+  if flip:
+    mirror = jax.random.bernoulli(flip_key, 0.5, (b, 1, 1, 1))
+    x_BHWC = jnp.where(mirror, x_BHWC[:, :, ::-1], x_BHWC)
+  return x_BHWC
+
+
 def binarize(key: jax.Array, images_u8: jax.Array) -> jax.Array:
   """Draws each pixel as Bernoulli(intensity / 255): dynamic binarization.
 

@@ -265,9 +265,29 @@ def test_gpu_config_step_in_bfloat16_with_ema_is_deterministic_and_learns(
   # constant rate) at smoke size.
   config = glow_cifar10.get_config("gpu,smoke")
   assert config.model.compute_dtype == "bfloat16" and config.model.ema_decay > 0
+  assert config.model.flip
   config.optimizer.learning_rate = 3e-3
   s, batch = setup_and_batch(config, cifar10, tmp_path)
   check_step_is_deterministic_and_learns(s, batch, num_steps=10)
+
+
+def test_flip_mirrors_training_images_and_leaves_the_noise_alone(cifar10, tmp_path):
+  config = glow_cifar10.get_config("smoke")
+  s_plain, batch = setup_and_batch(config, cifar10, tmp_path)
+  config.model.flip = True
+  s_flip = train.setup(config, tmp_path, sharding.make_mesh(1), cifar10)
+  state = train.init_state(s_plain, batch)
+  key = jax.random.PRNGKey(3)
+  plain_step, flip_step = (jax.jit(s.family.train_step) for s in (s_plain, s_flip))
+  loss = lambda step, b: float(step(state, b, key)[1]["loss"])
+  # Mirror-symmetric images: mirroring changes nothing, so with the same
+  # dequantization noise the step is bit for bit the plain one.
+  images = np.asarray(batch["image"]).astype(np.int32)
+  symmetric = batch | {"image": jax.device_put(
+      ((images + images[:, :, ::-1]) // 2).astype(np.uint8), batch["image"].sharding)}
+  assert loss(flip_step, symmetric) == loss(plain_step, symmetric)
+  # Real images: some are mirrored, and the step sees them.
+  assert loss(flip_step, batch) != loss(plain_step, batch)
 
 
 def test_gpu_config_is_the_published_glow_size(cifar10, tmp_path):

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
-from jaxgen import configlib, optim
+from jaxgen import configlib, data, optim
 from jaxgen.data import DatasetSpec
 from jaxgen.models import Batch, Family, Metrics
 from jaxgen.nets import classifier as classifier_nets
@@ -73,22 +73,6 @@ def make_network(config: ConfigDict, spec: DatasetSpec) -> nn.Module:
       classifier_nets.network_info(config.model), spec.num_classes)
 
 
-def augment(key: jax.Array, x_BHWC: jax.Array, max_shift: int, flip: bool
-            ) -> jax.Array:
-  """Random translation by up to max_shift pixels, optional horizontal flip."""
-  b, h, w, _ = x_BHWC.shape
-  shift_key, flip_key = jax.random.split(key)
-  if max_shift:
-    padded = jnp.pad(x_BHWC, ((0, 0), (max_shift,) * 2, (max_shift,) * 2, (0, 0)))
-    offsets = jax.random.randint(shift_key, (b, 2), 0, 2 * max_shift + 1)
-    x_BHWC = jax.vmap(lambda img, o: jax.lax.dynamic_slice(
-        img, (o[0], o[1], 0), (h, w, img.shape[-1])))(padded, offsets)
-  if flip:
-    mirror = jax.random.bernoulli(flip_key, 0.5, (b, 1, 1, 1))
-    x_BHWC = jnp.where(mirror, x_BHWC[:, :, ::-1], x_BHWC)
-  return x_BHWC
-
-
 def make(config: ConfigDict, spec: DatasetSpec) -> Family:
   validate(config)
   m = config.model
@@ -107,7 +91,7 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
   def train_step(state: ClassifierState, batch: Batch, key: jax.Array
                  ) -> tuple[ClassifierState, Metrics]:
     augment_key, dropout_key = jax.random.split(key)
-    x = augment(augment_key, batch["image"].astype(jnp.float32) / 255.0,
+    x = data.augment(augment_key, batch["image"].astype(jnp.float32) / 255.0,
                 m.max_shift, m.flip)
     targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], spec.num_classes),
                                   smoothing)

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from jaxgen import configlib, nets, optim
+from jaxgen import configlib, data, nets, optim
 from jaxgen.data import DatasetSpec
 from jaxgen.likelihoods import nats_to_bits_per_dim
 from jaxgen.models import Batch, Family, Metrics
@@ -89,6 +89,10 @@ def add_model_config(config: ConfigDict, architecture: str) -> None:
   # the weights (Polyak averaging), which pays off in runs that end at a high
   # learning rate (a constant rate, a wall-clock stop).
   m.ema_decay = 0.0
+  # Training augmentation: each image mirrored left-right with probability
+  # 1/2 (CIFAR-10's mirror images are CIFAR-10 images; fewer passes over the
+  # same pixels for a large flow on a small training set).
+  m.flip = False
 
 
 def flow_config(dataset: str, architecture: str, options: set[str]) -> ConfigDict:
@@ -211,6 +215,7 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
   alpha = float(m.logit_alpha) if logit else None
   temperature = float(m.temperature)
   ema_decay = float(m.ema_decay)
+  flip = bool(m.flip)
   preprocess = lambda u: preprocess_pixels(u, alpha)
   postprocess = lambda y: postprocess_pixels(y, alpha)
 
@@ -277,9 +282,12 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
                  ) -> tuple[FlowState, Metrics]:
     # Drawn with the global batch shape, so 1 or N devices see the same noise.
     base_BHWC = base_noise(key, batch["image"].shape)
+    images = batch["image"]
+    if flip:   # its own key: the noise stays what it is without flips
+      images = data.augment(jax.random.fold_in(key, 1), images, 0, True)
 
     def loss_fn(params):
-      nats = bound_nats(params, base_BHWC, batch["image"])[1]
+      nats = bound_nats(params, base_BHWC, images)[1]
       bpd = jnp.mean(nats_to_bits_per_dim(nats, num_dims))
       return bpd, {"nll_nats": jnp.mean(nats), "nll_bpd": bpd}
 
@@ -391,6 +399,8 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
       "flow": (f"{m.architecture}: {m.num_levels} levels x {m.steps_per_level} "
                f"steps, coupling width {m.width}"),
       "sample_temperature": temperature,
+      "training_augmentation": ("random left-right mirroring" if flip
+                                else "none"),
       "weights": (f"EMA of the weights (decay {ema_decay:g})" if ema_decay
                   else "the trained weights"),
   }
