@@ -150,6 +150,12 @@ def _raw_cifar_available(folder: Path) -> bool:
           and any((folder / f).exists() for f in _CIFAR_TEST_CANDIDATES))
 
 
+def cifar10_test_file(folder: Path) -> Path:
+  """The test batch in <data_dir>/cifar10 (full, or its first 1,000 records);
+  call after _raw_cifar_available."""
+  return next(folder / f for f in _CIFAR_TEST_CANDIDATES if (folder / f).exists())
+
+
 def _raw_available(name: str, folder: Path | None) -> bool:
   if folder is None:
     return False
@@ -173,9 +179,7 @@ def load_raw(name: str, data_dir: str | os.PathLike) -> Dataset:
                    source=f"raw:{folder}")
   root = folder / _CIFAR_DIR
   train = Split(*read_cifar10_bin([root / f for f in _CIFAR_TRAIN]))
-  test_file = next(folder / f for f in _CIFAR_TEST_CANDIDATES
-                   if (folder / f).exists())
-  test = Split(*read_cifar10_bin([test_file]))
+  test = Split(*read_cifar10_bin([cifar10_test_file(folder)]))
   note = "" if len(test) == SPECS[name].num_test else (
       f"first {len(test):,} test images")
   return Dataset(SPECS[name], train, test, source=f"raw:{root}", test_note=note)

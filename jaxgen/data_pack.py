@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from jaxgen.data import (_CIFAR_DIR, _CIFAR_TEST_CANDIDATES, _CIFAR_TRAIN, DataError,
-                         read_cifar10_bin)
+from jaxgen.data import (_CIFAR_DIR, _CIFAR_TRAIN, DataError, _raw_cifar_available,
+                         cifar10_test_file, read_cifar10_bin)
 
 TILE_IMAGES = 10_000          # images per WebP file: 100 x 100 (3,200 px square)
 TILE_COLUMNS = 100
@@ -91,15 +91,13 @@ def pack(data_dir: str | Path, num_train: int, out: str | Path) -> dict:
   """Packs the first num_train training records and every test record of
   <data_dir>/cifar10 into `out`; returns the manifest it writes there."""
   folder = Path(data_dir) / "cifar10"
-  root = folder / _CIFAR_DIR
-  missing = [f for f in _CIFAR_TRAIN if not (root / f).exists()]
-  test_path = next((folder / f for f in _CIFAR_TEST_CANDIDATES
-                    if (folder / f).exists()), None)
-  if missing or test_path is None:
+  if not _raw_cifar_available(folder):
     raise DataError(f"the official CIFAR-10 files are not all in {folder} "
-                    f"(missing: {', '.join(missing) or 'a test batch'}); "
+                    f"({_CIFAR_DIR}/data_batch_1..5.bin and a test batch); "
                     "point --data_dir at the folder holding cifar10/.")
-  train_images, train_labels = read_cifar10_bin([root / f for f in _CIFAR_TRAIN])
+  test_path = cifar10_test_file(folder)
+  train_images, train_labels = read_cifar10_bin(
+      [folder / _CIFAR_DIR / f for f in _CIFAR_TRAIN])
   if not 0 < num_train <= len(train_labels):
     raise ValueError(f"--num_train={num_train}: must be in 1..{len(train_labels)}, "
                      "the training images at hand.")
