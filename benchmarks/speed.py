@@ -25,7 +25,7 @@ state), the twin's peak while it is built and takes two steps (CUDA: the
 allocator's peak; CPU: the running sum of a torch.profiler trace's per-op
 allocations).
 
-Configs without a twin (`--configs=classifier_mnist,ddpm_cifar10`) get jaxgen's
+Configs without a twin (`--configs=ddpm_cifar10`) get jaxgen's
 numbers alone. jaxgen's TFLOP/s is XLA's operation count of the step over its
 time. Where torch sees a GPU, the twins run on it in TF32 (as XLA runs float32
 there), `--torch_compile` adds a column for them with torch.compile'd networks,
@@ -34,11 +34,16 @@ XLA CPU setting run.py applies (jaxgen/xla_cpu.py);
 `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`
 times it with jaxlib's default instead.
 
-Twins so far: the DCGANs (benchmarks/torch_dcgan.py), the MNIST
-autoencoders ae_mnist, vae_mnist, cvae_mnist (benchmarks/torch_vae.py) and the
+Twins so far: the GANs dcgan_mnist, dcgan_cifar10, sngan_cifar10,
+cgan_cifar10, acgan_cifar10 (benchmarks/torch_dcgan.py, built from the jaxgen
+config, with a `check` of its own), the
+autoencoders ae_mnist, vae_mnist, cvae_mnist, vae_cifar10, cvae_cifar10
+(benchmarks/torch_vae.py; not vae_cifar10:ar) and the
 four flows glow_mnist, realnvp_mnist, glow_cifar10, realnvp_cifar10
-(benchmarks/torch_flow.py) and ddpm_mnist (benchmarks/torch_ddpm.py); the last
-three are built from the jaxgen config, and their `check` shows they take
+(benchmarks/torch_flow.py), ddpm_mnist (benchmarks/torch_ddpm.py) and the
+classifiers classifier_mnist, classifier_cifar10 (benchmarks/torch_classifier.py,
+no sampler; augmentation and dropout drawn each step); the last
+four are built from the jaxgen config, and their `check` shows they take
 jaxgen's step: the same loss, gradients and params given the same noise. Both sides draw their own noise each step
 (binarization, dequantization, posterior samples, GAN latents), as training
 does.
@@ -71,6 +76,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import torch  # pylint: disable=g-import-not-at-top
 
+import torch_classifier  # pylint: disable=g-import-not-at-top
 import torch_dcgan  # pylint: disable=g-import-not-at-top
 import torch_ddpm  # pylint: disable=g-import-not-at-top
 import torch_flow  # pylint: disable=g-import-not-at-top
@@ -192,20 +198,27 @@ def torch_sync(x: torch.Tensor) -> None:
 
 def torch_dcgan_stepper(name: str, device: str, compile_nets: bool,
                         sample_batch: int):
-  """(train-step runner, sampling runner), as jaxgen_stepper's."""
-  dataset = {"dcgan_mnist": "mnist", "dcgan_cifar10": "cifar10"}[name]
-  model = torch_dcgan.DCGAN(dataset, device=device, compile_nets=compile_nets)
-  h, w, c = torch_dcgan.CONFIGS[dataset]["image_shape"]
-  real = torch.rand(model.batch_size, c, h, w, device=device) * 2 - 1
+  """(train-step runner, sampling runner), as jaxgen_stepper's, of a GAN
+  config's twin (torch_dcgan.GANTwin: DCGAN, SN-GAN, cGAN, AC-GAN). Sampling
+  is jaxgen's sample(): the EMA generator with standing statistics where the
+  config has an EMA (sngan_cifar10), else G in eval mode; labels i % 10 when
+  conditional."""
+  config = torch_vae.get_config(name)
+  spec = data.SPECS[config.data.name]
+  batch = torch_vae.random_batch(spec, config.train.batch_size)
+  images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(device)
+  labels = torch.from_numpy(batch["label"].astype(np.int64)).to(device)
+  twin = torch_dcgan.GANTwin(config, spec.image_shape, spec.num_classes,
+                             device=device, compile_nets=compile_nets)
 
   def run(n: int) -> None:
     for _ in range(n):
-      losses = model.train_step(real)
-    torch_sync(losses["disc_loss"])
+      metrics = twin.train_step(images, labels)
+    torch_sync(metrics["disc_loss"])
 
   def sample_run(n: int) -> None:
     for _ in range(n):
-      images = model.generate(torch.randn(sample_batch, model.latent_dim, device=device))
+      images = twin.sample(sample_batch)
     torch_sync(images)
 
   return run, sample_run
@@ -214,7 +227,7 @@ def torch_dcgan_stepper(name: str, device: str, compile_nets: bool,
 def config_twin_stepper(name: str, device: str, compile_nets: bool,
                         sample_batch: int):
   """(train-step runner, sampling runner or None) of a twin built from the
-  jaxgen config: autoencoders, flows, diffusion."""
+  jaxgen config: autoencoders, flows, diffusion, classifiers (no sampler)."""
   config = torch_vae.get_config(name)
   spec = data.SPECS[config.data.name]
   batch = torch_vae.random_batch(spec, config.train.batch_size)
@@ -226,6 +239,8 @@ def config_twin_stepper(name: str, device: str, compile_nets: bool,
     step = lambda: twin.train_step(images)
   else:
     cls = (torch_ddpm.DiffusionTwin if config.model.family == "diffusion"
+           else torch_classifier.ClassifierTwin
+           if config.model.family == "classifier"
            else torch_vae.AutoencoderTwin)
     twin = cls(config, spec.image_shape, spec.num_classes, device=device,
                compile_nets=compile_nets)
@@ -247,10 +262,13 @@ def config_twin_stepper(name: str, device: str, compile_nets: bool,
 # The one override that keeps the network (and so the twin comparison): k train
 # steps per dispatch.
 DISPATCH_KEY = "train.steps_per_dispatch"
-TWINS = {"dcgan_mnist": torch_dcgan_stepper, "dcgan_cifar10": torch_dcgan_stepper,
+TWINS = {**{name: torch_dcgan_stepper for name in torch_dcgan.COVERED},
          **{name: config_twin_stepper for name in (
-             "ae_mnist", "vae_mnist", "cvae_mnist", "glow_mnist", "realnvp_mnist",
-             "glow_cifar10", "realnvp_cifar10", "ddpm_mnist")}}
+             "ae_mnist", "vae_mnist", "cvae_mnist", "vae_cifar10", "cvae_cifar10",
+             "glow_mnist", "realnvp_mnist",
+             "glow_cifar10", "realnvp_cifar10", "ddpm_mnist", "ddpm_cifar10",
+             "ddpm_cifar10:cpu",
+             "classifier_mnist", "classifier_cifar10")}}
 
 
 def seconds_per_step(run, steps: int) -> float:
@@ -403,7 +421,9 @@ def render(args: argparse.Namespace, arms: list[str], torch_device: str,
                  + " | ".join(cells) + f" | {mib_cells(r)} |")
   if sample_rows:
     lines += ["", f"Sampling: images/s of `sample()` (the twins' same function: "
-              f"G(z), the decoder means of z ~ N(0, I), a flow's inverse at the "
+              f"G(z), from the EMA generator with standing batch-norm statistics "
+              f"where the config has an EMA, the decoder means of z ~ N(0, I), a "
+              f"flow's inverse at the "
               f"config's temperature, or DDIM with the config's steps on the EMA "
               f"weights) at {args.sample_batch} "
               f"images per call, {args.sample_calls} calls per round.", "",
@@ -447,7 +467,7 @@ def main() -> None:
     torch.set_float32_matmul_precision("high")
   arms = ["PyTorch"] + (["torch.compile"] if args.torch_compile else [])
   rows, sample_rows = [], []
-  for name in args.configs.split(","):
+  for name in torch_vae.config_names(args.configs):
     row, per_second = measure(name, args, arms, torch_device)
     rows.append(row)
     if per_second:

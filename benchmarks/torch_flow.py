@@ -489,7 +489,7 @@ def main() -> None:
   args = torch_vae.check_arg_parser(
       __doc__, "glow_mnist,realnvp_mnist,glow_cifar10,realnvp_cifar10",
       "model.lu=False").parse_args()
-  for name in args.config.split(","):
+  for name in torch_vae.config_names(args.config):
     r = check(torch_vae.get_config(name, args.set), args.steps, tol=args.tol)
     print(f"{name} (float64): OK over {args.steps} steps (loss {r['loss']:.4f}); "
           f"max abs (relative) differences: metrics {r['metric_abs']:.2e} "

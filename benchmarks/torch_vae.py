@@ -1,18 +1,28 @@
 """The PyTorch twin of jaxgen's autoencoders (configs/ae_mnist.py, vae_mnist.py,
-cvae_mnist.py), built from the jaxgen config object.
+cvae_mnist.py, vae_cifar10.py, cvae_cifar10.py), built from the jaxgen config
+object.
 
 The same networks (jaxgen/nets/conv.py: [x, one-hot label] * 2 - 1 -> strided
-3x3 convs with Flax's "SAME" padding -> dense -> code; [z, one-hot label] ->
-two dense layers -> sub-pixel upsampling stages -> logits; ReLU; optional
-residual blocks; LeCun-normal weights, zero biases), the same loss (Bernoulli
-or fixed-std Gaussian likelihood summed over pixels, plus beta * KL with the
-linear warm-up for the VAE; reconstruction alone for the AE; mean over the
-batch), the same data noise (dynamic binarization drawn each step, one
-posterior sample per image) and the same optimizer (jaxgen/optim.py: Adam,
-AdamW or SGD with the config's lr, betas, eps, weight decay, global-norm
-clipping, and its warm-up + cosine schedule as a LambdaLR). Tensors are NCHW.
-Not covered (a ValueError says so): latent maps (`model.latent_channels`) and
-the discretized logistic likelihood of the CIFAR-10 configs.
+3x3 convs with Flax's "SAME" padding -> dense -> code, or for a latent map
+(`model.latent_channels`) a last 3x3 conv to a map at the coarsest
+resolution; [z, one-hot label] -> two dense layers, or for a map a 3x3 conv
+on z with the label as constant channels -> sub-pixel upsampling stages ->
+the likelihood's parameters; ReLU; optional residual blocks; LeCun-normal
+weights, zero biases), the same loss (Bernoulli, fixed-std Gaussian or
+jaxgen/likelihoods.py's discretized logistic mixture with coupled colour
+channels, summed over pixels, plus beta * the free-bits KL with the linear
+warm-up for the VAE; reconstruction alone for the AE; mean over the batch;
+bits/dim metrics for the mixture), the same data noise (dynamic binarization
+drawn each step, one posterior sample per image) and the same optimizer
+(jaxgen/optim.py: Adam, AdamW or SGD with the config's lr, betas, eps, weight
+decay, global-norm clipping, and its warm-up + cosine schedule as a
+LambdaLR). sample() is jaxgen's: decoder means E[x | z] of prior draws (for
+the mixture, the coupled component means weighted by the mixture weights).
+Tensors are NCHW; a latent map is [B, C, h, w] (jaxgen flattens it NHWC).
+Not covered (a ValueError says so): the local autoregressive decoder
+(`model.ar_context > 0`, vae_cifar10:ar). `model.compute_dtype` is not
+followed (the twin computes in its own dtype; speed.py leaves the twins out
+under such overrides).
 
 The equivalence check (`check`, below) copies jaxgen's initial params into the
 twin, gives it the binarized pixels and posterior noise that jaxgen's
@@ -22,10 +32,24 @@ metrics, the gradients of the loss (jax.grad through jaxgen's own
 train_step), and the params after the steps. Each prints its max abs and
 relative difference and must stay under `--tol` (1e-4):
 
-    python benchmarks/torch_vae.py check                       # the 3 configs
+    python benchmarks/torch_vae.py check                       # all 5 configs
+    python benchmarks/torch_vae.py check --config=vae_cifar10:smoke,cvae_cifar10:smoke
     python benchmarks/torch_vae.py check --config=vae_mnist
     python benchmarks/torch_vae.py check --config=cvae_mnist --set model.res_blocks=1
+    python benchmarks/torch_vae.py check --config=vae_cifar10:smoke --set model.free_nats=0.25
     python benchmarks/torch_vae.py check --dtype=float32 --steps=1 --tol=1    # look only
+
+8-bit pixels (the CIFAR-10 configs): jaxgen's are float32 even under x64,
+and XLA decides their rounding: in jaxgen's step it folds u8 / 255 * 2 - 1
+into one multiply-add, u8 * f32(2/255) - 1 rounded once (an FMA on CPU),
+except where the label channels come between (cvae's encoder input), which
+is rounded twice. These differ from u8 / 255 in float64 (or PyTorch's float32
+rounding) by up to 1.2e-7 in a [-1, 1] pixel, which moved the loss by 1e-7
+relative and params by 1e-6 after 3 steps; so the check hands the twin the
+[-1, 1] pixels of each path as jaxgen's step computes them (a jitted copy of
+its pixel code with the images as an argument: as a constant, XLA folds them
+with IEEE division instead), and the two sides then agree to float64
+rounding.
 
 benchmarks/speed.py times the twin's train step against jaxgen's.
 """
@@ -57,11 +81,12 @@ def require_supported(config: Any) -> None:
   m = config.model
   if m.family not in ("ae", "vae"):
     raise ValueError(f"model.family={m.family!r}: the twin covers 'ae' and 'vae'")
-  if m.latent_channels:
-    raise ValueError("model.latent_channels > 0 (a latent map): not in the twin")
-  if m.likelihood not in ("bernoulli", "gaussian"):
+  if m.ar_context:
+    raise ValueError("model.ar_context > 0 (the local autoregressive decoder, "
+                     "e.g. vae_cifar10:ar): not in the twin")
+  if m.likelihood not in ("bernoulli", "gaussian", "discretized_logistic"):
     raise ValueError(f"model.likelihood={m.likelihood!r}: the twin has "
-                     "'bernoulli' and 'gaussian'")
+                     "'bernoulli', 'gaussian' and 'discretized_logistic'")
 
 
 def flax_init_(module: nn.Module) -> None:
@@ -133,11 +158,13 @@ class _FlaxNamed(nn.Module):
 
 
 class Encoder(_FlaxNamed):
-  """jaxgen's ConvEncoder (vector code): images in [0, 1] -> num_outputs."""
+  """jaxgen's ConvEncoder: images in [0, 1] -> num_outputs features (vector
+  code), or with `spatial` a [num_outputs, h, w] map at the coarsest
+  resolution from a last 3x3 conv (a latent map)."""
 
   def __init__(self, image_hw: tuple[int, int], in_channels: int,
                widths: tuple[int, ...], hidden: int, num_outputs: int,
-               res_blocks: int):
+               res_blocks: int, spatial: bool = False):
     super().__init__()
     layers, prev = [], in_channels
     for width in widths:
@@ -145,38 +172,52 @@ class Encoder(_FlaxNamed):
                  nn.ReLU()]
       layers += [self._name("ResBlock", ResBlock(width)) for _ in range(res_blocks)]
       prev = width
-    h, w = image_hw
-    for _ in widths:
-      h, w = -(-h // 2), -(-w // 2)
-    layers += [nn.Flatten(),
-               self._name("Dense", nn.Linear(prev * h * w, hidden),
-                          DENSE_FROM_MAP, (h, w, prev)),
-               nn.ReLU(),
-               self._name("Dense", nn.Linear(hidden, num_outputs), DENSE)]
+    if spatial:
+      if res_blocks:  # a residual block ends on its sum, not a ReLU
+        layers.append(nn.ReLU())
+      layers.append(self._name("Conv", SameConv2d(prev, num_outputs), CONV))
+    else:
+      h, w = image_hw
+      for _ in widths:
+        h, w = -(-h // 2), -(-w // 2)
+      layers += [nn.Flatten(),
+                 self._name("Dense", nn.Linear(prev * h * w, hidden),
+                            DENSE_FROM_MAP, (h, w, prev)),
+                 nn.ReLU(),
+                 self._name("Dense", nn.Linear(hidden, num_outputs), DENSE)]
     self.layers = nn.Sequential(*layers)
     self.apply(flax_init_)
 
   def forward(self, x01_BCHW: torch.Tensor) -> torch.Tensor:
-    return self.layers(x01_BCHW * 2.0 - 1.0)
+    # In the pixels' dtype, then the params': float32 pixels, as jaxgen's, in
+    # training; the float64 check hands in float64 ones (see check).
+    x = x01_BCHW * 2.0 - 1.0
+    return self.layers(x.to(self.layers[0].weight.dtype))
 
 
 class Decoder(_FlaxNamed):
-  """jaxgen's ConvDecoder (vector latent): [z, cond] -> per-pixel outputs,
-  upsampled by 3x3 convs to 4x the channels + PixelShuffle(2)."""
+  """jaxgen's ConvDecoder: [z, cond] -> per-pixel outputs, upsampled by 3x3
+  convs to 4x the channels + PixelShuffle(2). z is a vector of in_features
+  (two dense layers to the coarse map), or with `latent_map` a [in_features,
+  h, w] map at the coarse resolution (a 3x3 conv instead)."""
 
   def __init__(self, image_shape: tuple[int, int, int], in_features: int,
                widths: tuple[int, ...], hidden: int, out_channels: int,
-               res_blocks: int):
+               res_blocks: int, latent_map: bool = False):
     super().__init__()
     height, width, _ = image_shape
     factor = 2 ** len(widths)
     if height % factor or width % factor:
       raise ValueError(f"image {height}x{width} is not divisible by {factor}")
     coarse = (widths[0], height // factor, width // factor)
-    layers = [self._name("Dense", nn.Linear(in_features, hidden), DENSE), nn.ReLU(),
-              self._name("Dense", nn.Linear(hidden, int(np.prod(coarse))),
-                         DENSE_TO_MAP, (coarse[1], coarse[2], coarse[0])),
-              nn.ReLU(), nn.Unflatten(1, coarse)]
+    if latent_map:
+      layers = [self._name("Conv", SameConv2d(in_features, widths[0]), CONV),
+                nn.ReLU()]
+    else:
+      layers = [self._name("Dense", nn.Linear(in_features, hidden), DENSE), nn.ReLU(),
+                self._name("Dense", nn.Linear(hidden, int(np.prod(coarse))),
+                           DENSE_TO_MAP, (coarse[1], coarse[2], coarse[0])),
+                nn.ReLU(), nn.Unflatten(1, coarse)]
     layers += [self._name("ResBlock", ResBlock(widths[0])) for _ in range(res_blocks)]
     for prev, stage in zip(widths[:-1], widths[1:]):
       layers += [self._name("Conv", SameConv2d(prev, 4 * stage), CONV_TO_SHUFFLE),
@@ -190,8 +231,8 @@ class Decoder(_FlaxNamed):
     self.layers = nn.Sequential(*layers)
     self.apply(flax_init_)
 
-  def forward(self, z_BL: torch.Tensor) -> torch.Tensor:
-    return self.layers(z_BL)
+  def forward(self, z: torch.Tensor) -> torch.Tensor:
+    return self.layers(z)
 
 
 def learning_rate(cfg: Any, num_steps: int, step: int) -> float:
@@ -236,17 +277,153 @@ def clip_by_global_norm_(grads: list[torch.Tensor], max_norm: float,
 
 
 def bernoulli_nll_nats(logits: torch.Tensor, x01: torch.Tensor) -> torch.Tensor:
+  x01 = x01.to(logits.dtype)
   return F.binary_cross_entropy_with_logits(logits, x01, reduction="none").sum((1, 2, 3))
 
 
 def gaussian_nll_nats(mean: torch.Tensor, x01: torch.Tensor, std: float
                       ) -> torch.Tensor:
-  z = (x01 - mean) / std
+  z = (x01.to(mean.dtype) - mean) / std
   return (0.5 * z * z + math.log(std) + 0.5 * math.log(2 * math.pi)).sum((1, 2, 3))
 
 
-def gaussian_kl_nats(mean_BL: torch.Tensor, logvar_BL: torch.Tensor) -> torch.Tensor:
-  return 0.5 * torch.sum(logvar_BL.exp() + mean_BL ** 2 - 1.0 - logvar_BL, -1)
+def gaussian_kl_nats_per_dim(mean: torch.Tensor, logvar: torch.Tensor
+                             ) -> torch.Tensor:
+  """KL(N(mean, exp(logvar)) || N(0, 1)) of each latent dimension (any shape)."""
+  return 0.5 * (logvar.exp() + mean ** 2 - 1.0 - logvar)
+
+
+def free_bits_kl_nats(kl_B_: torch.Tensor, free_nats: float) -> torch.Tensor:
+  """jaxgen's free-bits KL term: each latent dimension's batch-mean KL
+  floored at free_nats, summed. The floor is applied at 0 too, as jaxgen
+  does: a dimension whose KL rounds below 0 then gets no gradient there either."""
+  return torch.clamp(kl_B_.mean(0), min=free_nats).sum()
+
+
+# jaxgen/likelihoods.py's constants of the discretized logistic mixture.
+HALF_BIN = 1.0 / 255.0       # half an 8-bit bin on the [-1, 1] scale
+MIN_LOG_SCALE = -7.0
+
+
+def logistic_mixture_channels(channels: int, k: int) -> int:
+  """Per pixel: K logits, C*K means, C*K log-scales, C(C-1)/2*K couplings."""
+  return k * (1 + 2 * channels + channels * (channels - 1) // 2)
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+  """jax.nn.softplus, logaddexp(x, 0): torch's F.softplus returns x itself
+  above 20, 2e-9 off (and its gradient 1 for sigmoid(x)), which a float64
+  check sees wherever a bin edge sits 20 scales out."""
+  return torch.logaddexp(x, x.new_zeros(()))
+
+
+def split_mixture(out_BPHW: torch.Tensor, channels: int, k: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+  """jaxgen's _split_mixture on NCHW: the P output channels as logits [B, K,
+  H, W], means and log-scales (floored) [B, C, K, H, W], tanh'd couplings
+  [B, C(C-1)/2, K, H, W]."""
+  b, _, h, w = out_BPHW.shape
+  ck = channels * k
+  logits = out_BPHW[:, :k]
+  means = out_BPHW[:, k:k + ck].reshape(b, channels, k, h, w)
+  log_scales = out_BPHW[:, k + ck:k + 2 * ck].reshape(b, channels, k, h, w)
+  pairs = channels * (channels - 1) // 2
+  coeffs = torch.tanh(out_BPHW[:, k + 2 * ck:].reshape(b, pairs, k, h, w))
+  return logits, means, torch.clamp(log_scales, min=MIN_LOG_SCALE), coeffs
+
+
+def couple(bases: list[torch.Tensor], coeffs: torch.Tensor,
+           feed: Callable[[int, torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+  """PixelCNN++'s colour coupling as jaxgen's _couple: channel c is bases[c]
+  + coeffs[i] * fed[j] for j < c in order (i counting up over (c, j) pairs),
+  fed[j] = feed(j, channel j) (the data for a likelihood, the coupled mean for
+  E[x]). The same summation order keeps float64 results bit-close."""
+  coupled, fed, index = [], [], 0
+  for c, value in enumerate(bases):
+    for j in range(c):
+      value = value + coeffs[:, index] * fed[j]
+      index += 1
+    coupled.append(value)
+    fed.append(feed(c, value))
+  return coupled
+
+
+def logistic_mixture_nll_nats(out_BPHW: torch.Tensor, x01_BCHW: torch.Tensor,
+                              k: int) -> torch.Tensor:
+  """-log p(x) per image [B] under jaxgen's discretized logistic mixture
+  (jaxgen/likelihoods.py: logistic_mixture_log_probs): the same
+  parameterisation, edge bins at 0 and 255, underflow guard and clamps."""
+  channels = x01_BCHW.shape[1]
+  logits, means, log_scales, coeffs = split_mixture(out_BPHW, channels, k)
+  # [-1, 1] in the pixels' dtype, then the params', as the encoder does.
+  x_C1 = (x01_BCHW * 2.0 - 1.0).to(out_BPHW.dtype)[:, :, None]  # [B, C, 1, H, W]
+  coupled = couple(list(means.unbind(1)), coeffs, lambda c, _: x_C1[:, c])
+  centered = x_C1 - torch.stack(coupled, 1)
+  inv_scale = torch.exp(-log_scales)
+  plus_in = inv_scale * (centered + HALF_BIN)
+  min_in = inv_scale * (centered - HALF_BIN)
+  log_cdf_plus = plus_in - softplus(plus_in)            # value 0
+  log_one_minus_cdf_min = -softplus(min_in)             # value 255
+  cdf_delta = torch.sigmoid(plus_in) - torch.sigmoid(min_in)
+  mid_in = inv_scale * centered
+  log_pdf_mid = mid_in - log_scales - 2.0 * softplus(mid_in)
+  log_prob_inner = torch.where(cdf_delta > 1e-5,
+                               torch.log(torch.clamp(cdf_delta, min=1e-12)),
+                               log_pdf_mid - math.log(127.5))
+  log_prob = torch.where(x_C1 < -0.999, log_cdf_plus,
+                         torch.where(x_C1 > 0.999, log_one_minus_cdf_min,
+                                     log_prob_inner))
+  log_prob_K = log_prob.sum(1) + torch.log_softmax(logits, 1)   # [B, K, H, W]
+  return -torch.logsumexp(log_prob_K, 1).sum((1, 2))
+
+
+def logistic_mixture_mean(out_BPHW: torch.Tensor, channels: int, k: int
+                          ) -> torch.Tensor:
+  """jaxgen's logistic_mixture_mean: E[x] in [0, 1] (clipping at the edges
+  ignored), each component's means coupled by its own coupled means."""
+  logits, means, _, coeffs = split_mixture(out_BPHW, channels, k)
+  component_means = couple(list(means.unbind(1)), coeffs, lambda c, value: value)
+  weights = torch.softmax(logits, 1)[:, None]                   # [B, 1, K, H, W]
+  mean = (torch.stack(component_means, 1) * weights).sum(2)
+  return torch.clamp((mean + 1.0) / 2.0, 0.0, 1.0)
+
+
+def pixel_likelihood(model_cfg: Any, channels: int
+                     ) -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                                Callable[[torch.Tensor], torch.Tensor], int]:
+  """(nll(decoder out, x01) -> nats [B], mean(decoder out) -> x01, the
+  decoder's output channels) of model.likelihood, as jaxgen/likelihoods.make."""
+  name = model_cfg.likelihood
+  if name == "bernoulli":
+    return bernoulli_nll_nats, torch.sigmoid, channels
+  if name == "gaussian":
+    std = float(model_cfg.gaussian_std)
+    return (lambda out, x01: gaussian_nll_nats(out, x01, std),
+            lambda out: out.clamp(0.0, 1.0), channels)
+  k = int(model_cfg.num_mixtures)
+  return (lambda out, x01: logistic_mixture_nll_nats(out, x01, k),
+          lambda out: logistic_mixture_mean(out, channels, k),
+          logistic_mixture_channels(channels, k))
+
+
+def latent_shape(config: Any, image_shape: tuple[int, int, int]
+                 ) -> tuple[int, ...]:
+  """(latent_dim,), or (latent_channels, h, w) for a latent map at the
+  encoder's coarsest resolution (jaxgen's _latent_layout, channels first)."""
+  m = config.model
+  if not m.latent_channels:
+    return (m.latent_dim,)
+  factor = 2 ** len(m.encoder_widths)
+  if factor != 2 ** len(m.decoder_widths):
+    raise ValueError("a latent map needs as many decoder stages as encoder ones")
+  return (m.latent_channels, image_shape[0] // factor, image_shape[1] // factor)
+
+
+def append_label(x: torch.Tensor, onehot_BK: torch.Tensor) -> torch.Tensor:
+  """[B, C] or [B, C, H, W] + [B, K] -> K more channels (constant over a
+  map): how the label reaches a dense layer or a convolution."""
+  cond = onehot_BK.to(x.dtype).reshape(*onehot_BK.shape, *[1] * (x.dim() - 2))
+  return torch.cat([x, cond.expand(-1, -1, *x.shape[2:])], 1)
 
 
 class AutoencoderTwin:
@@ -265,23 +442,28 @@ class AutoencoderTwin:
     self.variational = m.family == "vae"
     self.beta = float(m.beta) if self.variational else 0.0
     self.kl_warmup_steps = int(m.kl_warmup_steps)
+    self.free_nats = float(m.free_nats)
     self.conditional = bool(m.conditional)
     self.num_classes = num_classes
-    self.latent_dim = m.latent_dim
+    self.latent_shape = latent_shape(config, image_shape)
+    self.latent_dim = int(np.prod(self.latent_shape))   # the flat size, as jaxgen's
     self.dynamic = config.data.binarize == "dynamic"
     self.grad_clip_norm = float(config.optimizer.grad_clip_norm)
     extra = num_classes if self.conditional else 0
-    std = float(m.gaussian_std)
-    self.bernoulli = m.likelihood == "bernoulli"
-    self.nll: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = (
-        bernoulli_nll_nats if self.bernoulli
-        else lambda out, x01: gaussian_nll_nats(out, x01, std))
-    self.encoder = Encoder(image_shape[:2], image_shape[2] + extra,
+    channels = image_shape[2]
+    self.nll, self.mean, out_channels = pixel_likelihood(m, channels)
+    # bits/dim metrics where jaxgen reports them: likelihoods of 8-bit pixels.
+    self.bpd_dims = (int(np.prod(image_shape))
+                     if m.likelihood == "discretized_logistic" else 0)
+    latent_map = bool(m.latent_channels)
+    code_size = 2 if self.variational else 1
+    self.encoder = Encoder(image_shape[:2], channels + extra,
                            tuple(m.encoder_widths), m.hidden,
-                           (2 if self.variational else 1) * m.latent_dim, m.res_blocks)
-    self.decoder = Decoder(image_shape, m.latent_dim + extra,
-                           tuple(m.decoder_widths), m.hidden, image_shape[2],
-                           m.res_blocks)
+                           code_size * self.latent_shape[0], m.res_blocks,
+                           spatial=latent_map)
+    self.decoder = Decoder(image_shape, self.latent_shape[0] + extra,
+                           tuple(m.decoder_widths), m.hidden, out_channels,
+                           m.res_blocks, latent_map=latent_map)
     self.encoder.to(device, dtype)
     self.decoder.to(device, dtype)
     self.params = [*self.encoder.parameters(), *self.decoder.parameters()]
@@ -295,42 +477,59 @@ class AutoencoderTwin:
     self.step = 0
 
   def to_pixels(self, images_u8_BCHW: torch.Tensor) -> torch.Tensor:
-    x = images_u8_BCHW.to(self.params[0].dtype) / 255.0
+    """Pixels in [0, 1] in float32, as jaxgen's (whatever the params' dtype)."""
+    x = images_u8_BCHW.float() / 255.0
     return torch.bernoulli(x) if self.dynamic else x
 
   def loss_terms(self, x01_BCHW: torch.Tensor, labels_B: torch.Tensor,
-                 eps_BL: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(loss, batch-mean metrics) of pixels x01 and posterior noise eps."""
-    enc_in, onehot = x01_BCHW, None
+                 eps: torch.Tensor | None, encoder_x01: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(loss, batch-mean metrics) of pixels x01 and posterior noise eps (of
+    the latent's shape: [B, L], or [B, C, h, w] for a latent map).
+    encoder_x01 (default x01): the encoder's pixels, for the check, where
+    jaxgen's float32 pixels round differently on the two paths."""
+    enc_in = x01_BCHW if encoder_x01 is None else encoder_x01
+    onehot = None
     if self.conditional:  # the label as constant extra input channels
-      onehot = F.one_hot(labels_B.long(), self.num_classes).to(x01_BCHW.dtype)
-      b, _, h, w = x01_BCHW.shape
-      enc_in = torch.cat([x01_BCHW, onehot[:, :, None, None].expand(b, -1, h, w)], 1)
+      onehot = F.one_hot(labels_B.long(), self.num_classes)
+      enc_in = append_label(enc_in, onehot)
     code = self.encoder(enc_in)
     if self.variational:
-      mean_BL, logvar_BL = code.chunk(2, -1)
-      z_BL = mean_BL + torch.exp(0.5 * logvar_BL) * eps_BL
+      # Features (vector) or channels (map): mean first, as jaxgen splits.
+      mean, logvar = code.chunk(2, 1)
+      z = mean + torch.exp(0.5 * logvar) * eps
     else:
-      z_BL = code
-    out = self.decoder(z_BL if onehot is None else torch.cat([z_BL, onehot], -1))
+      z = code
+    out = self.decoder(z if onehot is None else append_label(z, onehot))
     recon = self.nll(out, x01_BCHW)
     if not self.variational:
       loss = recon.mean()
-      return loss, {"loss": loss, "recon_nats": loss}
-    kl = gaussian_kl_nats(mean_BL, logvar_BL)
+      return loss, self.with_bpd({"loss": loss, "recon_nats": loss})
+    kl_B_ = gaussian_kl_nats_per_dim(mean, logvar)
+    kl = kl_B_.flatten(1).sum(1)
     kl_weight = self.beta
     if self.kl_warmup_steps:
       kl_weight = self.beta * min(1.0, self.step / self.kl_warmup_steps)
-    loss = torch.mean(recon + kl_weight * kl)
-    return loss, {"loss": loss, "neg_elbo_nats": (recon + kl).mean(),
-                  "recon_nats": recon.mean(), "kl_nats": kl.mean()}
+    loss = recon.mean() + kl_weight * free_bits_kl_nats(kl_B_, self.free_nats)
+    return loss, self.with_bpd({
+        "loss": loss, "neg_elbo_nats": (recon + kl).mean(),
+        "recon_nats": recon.mean(), "kl_nats": kl.mean()})
+
+  def with_bpd(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """jaxgen's *_bpd copies of the *_nats metrics, for 8-bit likelihoods."""
+    if self.bpd_dims:
+      scale = self.bpd_dims * math.log(2.0)
+      metrics |= {k.replace("_nats", "_bpd"): v / scale
+                  for k, v in list(metrics.items()) if k.endswith("_nats")}
+    return metrics
 
   def backward(self, x01_BCHW: torch.Tensor, labels_B: torch.Tensor,
-               eps_BL: torch.Tensor | None) -> dict[str, torch.Tensor]:
+               eps: torch.Tensor | None, encoder_x01: torch.Tensor | None = None
+               ) -> dict[str, torch.Tensor]:
     """The loss's gradients into the params' .grad; metrics as tensors (no
     host sync), with grad_norm before clipping as jaxgen reports it."""
     self.opt.zero_grad(set_to_none=True)
-    loss, metrics = self.loss_terms(x01_BCHW, labels_B, eps_BL)
+    loss, metrics = self.loss_terms(x01_BCHW, labels_B, eps, encoder_x01)
     loss.backward()
     grads = [p.grad for p in self.params]
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # pylint: disable=protected-access
@@ -345,9 +544,9 @@ class AutoencoderTwin:
     self.step += 1
 
   def update(self, x01_BCHW: torch.Tensor, labels_B: torch.Tensor,
-             eps_BL: torch.Tensor | None) -> dict[str, torch.Tensor]:
+             eps: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """One optimizer step on given pixels and posterior noise."""
-    metrics = self.backward(x01_BCHW, labels_B, eps_BL)
+    metrics = self.backward(x01_BCHW, labels_B, eps)
     self.apply_gradients(metrics["grad_norm"])
     return metrics
 
@@ -355,22 +554,22 @@ class AutoencoderTwin:
                  ) -> dict[str, torch.Tensor]:
     """jaxgen's train_step: fresh binarization and posterior noise, one update."""
     x01 = self.to_pixels(images_u8_BCHW)
-    eps = (torch.randn(x01.shape[0], self.latent_dim, dtype=x01.dtype,
-                       device=x01.device)
+    p = self.params[0]
+    eps = (torch.randn(x01.shape[0], *self.latent_shape, dtype=p.dtype,
+                       device=p.device)
            if self.variational else None)
     return self.update(x01, labels_B, eps)
 
   @torch.no_grad()
   def sample(self, num: int) -> torch.Tensor:
-    """jaxgen's VAE sample(): decoder means of z ~ N(0, I), for labels 0, 1,
-    ..., 9, 0, ... when conditional; NCHW in [0, 1]."""
+    """jaxgen's VAE sample(): decoder means E[x | z] of z ~ N(0, I), for
+    labels 0, 1, ..., 9, 0, ... when conditional; NCHW in [0, 1]."""
     p = self.params[0]
-    z_BL = torch.randn(num, self.latent_dim, dtype=p.dtype, device=p.device)
+    z = torch.randn(num, *self.latent_shape, dtype=p.dtype, device=p.device)
     if self.conditional:
       labels = torch.arange(num, device=p.device) % self.num_classes
-      z_BL = torch.cat([z_BL, F.one_hot(labels, self.num_classes).to(p.dtype)], -1)
-    out = self.decoder(z_BL)
-    return torch.sigmoid(out) if self.bernoulli else out.clamp(0.0, 1.0)
+      z = append_label(z, F.one_hot(labels, self.num_classes))
+    return self.mean(self.decoder(z))
 
   def flax_layout(self) -> dict[str, tuple[nn.Module, str, tuple[int, ...]]]:
     """Flax param path ("encoder/Conv_0") -> (twin layer, layout, map shape)."""
@@ -470,6 +669,19 @@ def get_config(name: str, overrides: list[str] = ()) -> Any:
   return config
 
 
+def config_names(text: str) -> list[str]:
+  """"vae_mnist,ddpm_cifar10:cpu,smoke" -> ["vae_mnist", "ddpm_cifar10:cpu,smoke"]:
+  comma-separated config names whose own options are comma-separated too; a
+  piece that names no configs/<piece>.py is an option of the name before."""
+  names: list[str] = []
+  for piece in text.split(","):
+    if names and not (ROOT / "configs" / f"{piece.partition(':')[0]}.py").exists():
+      names[-1] += "," + piece
+    else:
+      names.append(piece)
+  return names
+
+
 def random_batch(spec: Any, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
   """A batch of uniform random uint8 images (NHWC) and labels of a dataset
   spec: what the speed benchmark and the check feed both sides."""
@@ -534,6 +746,15 @@ def assert_within(result: dict[str, float], kinds: tuple[str, ...], tol: float
         f"{kind}s differ: max relative difference {result[f'{kind}_rel']:.2e} > {tol}")
 
 
+def flat_to_latent(eps_BL: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+  """jaxgen's flat latent noise [B, L] in the twin's latent shape: a map is
+  flattened NHWC on jaxgen's side, NCHW in the twin."""
+  if len(shape) == 1:
+    return eps_BL
+  c, h, w = shape
+  return eps_BL.reshape(-1, h, w, c).permute(0, 3, 1, 2).contiguous()
+
+
 def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4,
           dtype: str = "float64") -> dict[str, float]:
   """Twin vs jaxgen on one batch for `steps` train steps, with jaxgen's noise
@@ -553,9 +774,14 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4,
   schedule in float32 (an int32 step count) even under x64, and Adam's
   scale-free update grows that 1e-8 rounding to ~1e-4 in params within a few
   steps wherever a gradient is near zero. jaxgen's KL warm-up weight (step /
-  kl_warmup_steps) and its 8-bit pixels with data.binarize="none" are float32
-  too: with those settings expect ~1e-7 differences in the loss and up to
-  ~1e-4 in params after a few steps, for the same reason.
+  kl_warmup_steps) is float32 too: with a warm-up expect ~1e-7 differences
+  in the loss and up to ~1e-4 in params after a few steps, for the same
+  reason. 8-bit pixels: the twin is handed the [-1, 1] values jaxgen's step
+  computes (the module docstring says why), as x01 = (that + 1) / 2 in
+  float64; the mixture likelihood reads only those, but a Bernoulli or
+  Gaussian likelihood on 8-bit intensities (binarize="none", an override
+  here) reads x01 itself, which then differs from jaxgen's float32 u8 / 255
+  by a float32 rounding (~1e-7 relative in the loss).
 
   Both sides compute in `dtype`: jaxgen's initial params are cast and it
   runs under jax.enable_x64 for float64. float64 is what the check is for:
@@ -567,6 +793,7 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4,
   import jax  # pylint: disable=g-import-not-at-top
   from jaxgen import data, optim  # pylint: disable=g-import-not-at-top
   from jaxgen.models import make_family  # pylint: disable=g-import-not-at-top
+  from jaxgen.nets.conv import append_channels  # pylint: disable=g-import-not-at-top
 
   jnp = jax.numpy
   with jax.enable_x64(dtype == "float64"):
@@ -582,14 +809,29 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4,
                         for t in all_steps.tolist()])
     lr_abs = float(np.abs(twin_lr - jax_lr).max())
     state, step_fn, grad_fn = jaxgen_step_in(family, batch, seed, dtype)
+    z_shape = latent_shape(config, spec.image_shape)
 
     @jax.jit
-    def noise(key):
+    def noise(key, images_u8, labels):
       pixel_key, eps_key = jax.random.split(key)
-      x01 = (data.binarize(pixel_key, batch["image"])
+      x01 = (data.binarize(pixel_key, images_u8)
              if config.data.binarize == "dynamic"
-             else jnp.asarray(batch["image"], jnp.float32) / 255.0)
-      return x01, jax.random.normal(eps_key, (b, config.model.latent_dim))
+             else images_u8.astype(jnp.float32) / 255.0)
+      # The [-1, 1] pixels as jaxgen's step computes them (see the
+      # docstring): the likelihood's, and the encoder's, which come after the
+      # label channels when conditional. The images are an argument, as XLA
+      # would fold a constant batch with other rounding.
+      enc_in = x01
+      if config.model.conditional:
+        enc_in = append_channels(x01, jax.nn.one_hot(labels, spec.num_classes,
+                                                     dtype=x01.dtype))
+      eps = jax.random.normal(eps_key, (b, int(np.prod(z_shape))))
+      return x01 * 2.0 - 1.0, enc_in * 2.0 - 1.0, eps
+
+    def twin_pixels(pm1_BHWC: Any) -> torch.Tensor:
+      """float64 x01 whose x01 * 2 - 1 in the twin is pm1 exactly."""
+      x01 = (torch.from_numpy(np.array(pm1_BHWC, np.float64)) + 1.0) / 2.0
+      return x01[..., :spec.image_shape[2]].permute(0, 3, 1, 2).contiguous()
 
     # Jitted, as optax evaluates it inside the step (evaluated op by op, a
     # warm-up's first rates differ from those by up to 8e-6 relative).
@@ -603,10 +845,11 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4,
     for i in range(steps):
       key = jax.random.PRNGKey(seed + 1 + i)
       grads = grad_fn(state.params, state, batch, key)
-      x01, eps = (torch.tensor(np.asarray(a), dtype=getattr(torch, dtype))
-                  for a in noise(key))
-      ours = twin.backward(x01.permute(0, 3, 1, 2).contiguous(), labels,
-                           eps if twin.variational else None)
+      pm1, enc_pm1, eps = noise(key, batch["image"], batch["label"])
+      eps = flat_to_latent(torch.tensor(np.asarray(eps), dtype=getattr(torch, dtype)),
+                           z_shape)
+      ours = twin.backward(twin_pixels(pm1), labels,
+                           eps if twin.variational else None, twin_pixels(enc_pm1))
       grad_abs, grad_rel = relative_diffs(flax_leaves(grads), twin, of_grads=True)
       twin.apply_gradients(ours["grad_norm"])
       state, metrics = step_fn(state, batch, key)
@@ -621,11 +864,12 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4,
 
 def check_arg_parser(doc: str, default_configs: str, set_example: str
                      ) -> argparse.ArgumentParser:
-  """The command line of a twin's `check` (torch_vae, torch_flow, torch_ddpm)."""
+  """The command line of a twin's `check` (every benchmarks/torch_*.py)."""
   parser = argparse.ArgumentParser(description=doc.split("\n")[0])
   parser.add_argument("mode", choices=["check"])
   parser.add_argument("--config", default=default_configs,
-                      help="comma-separated config names (name or name:smoke)")
+                      help="comma-separated config names "
+                      "(name, name:smoke, name:cpu,smoke)")
   parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                       help=f"config override, e.g. {set_example}")
   parser.add_argument("--steps", type=int, default=3)
@@ -634,11 +878,12 @@ def check_arg_parser(doc: str, default_configs: str, set_example: str
 
 
 def main() -> None:
-  parser = check_arg_parser(__doc__, "ae_mnist,vae_mnist,cvae_mnist",
+  parser = check_arg_parser(__doc__, "ae_mnist,vae_mnist,cvae_mnist,"
+                            "vae_cifar10,cvae_cifar10",
                             "model.kl_warmup_steps=2")
   parser.add_argument("--dtype", choices=["float64", "float32"], default="float64")
   args = parser.parse_args()
-  for name in args.config.split(","):
+  for name in config_names(args.config):
     r = check(get_config(name, args.set), args.steps, tol=args.tol, dtype=args.dtype)
     print(f"{name} ({args.dtype}): OK over {args.steps} steps (loss "
           f"{r['loss']:.4f}); max abs (relative) differences: lr schedule "
