@@ -93,19 +93,22 @@ def logistic_mixture_channels(channels: int, num_mixtures: int) -> int:
 
 
 def _split_mixture(out, channels: int, k: int):
-  """out [..., P] -> logits [..., K], means, log_scales [..., C, K], coeffs
-  [..., C(C-1)/2, K] (tanh-squashed)."""
-  lead = out.shape[:-1]
-  logits = out[..., :k]
-  rest = out[..., k:]
-  means = rest[..., :channels * k].reshape(*lead, channels, k)
-  log_scales = rest[..., channels * k:2 * channels * k].reshape(*lead, channels, k)
-  coeffs = jnp.tanh(rest[..., 2 * channels * k:].reshape(
-      *lead, channels * (channels - 1) // 2, k))
+  """out [..., P] -> logits [K, ...], means, log_scales [C, K, ...], coeffs
+  [C(C-1)/2, K, ...] (tanh-squashed): the small mixture and colour axes
+  first, so the elementwise work runs along the long pixel axes (XLA's CPU
+  loops vectorize the innermost axis: with K = 5 last, the training step's
+  likelihood took 97 ms against 83 with it first, README "Benchmarks")."""
+  out = jnp.moveaxis(out, -1, 0)
+  lead = out.shape[1:]
+  pairs = channels * (channels - 1) // 2
+  logits = out[:k]
+  means = out[k:k + channels * k].reshape(channels, k, *lead)
+  log_scales = out[k + channels * k:k + 2 * channels * k].reshape(channels, k, *lead)
+  coeffs = jnp.tanh(out[k + 2 * channels * k:].reshape(pairs, k, *lead))
   return logits, means, jnp.maximum(log_scales, _MIN_LOG_SCALE), coeffs
 
 
-def _couple(bases: list[jax.Array], coeffs: list[jax.Array],
+def _couple(bases: list[jax.Array], coeffs: jax.Array | list[jax.Array],
             feed: Callable[[int, jax.Array], jax.Array]
             ) -> tuple[list[jax.Array], list[jax.Array]]:
   """PixelCNN++'s colour coupling, channel by channel: channel c's value is
@@ -123,18 +126,13 @@ def _couple(bases: list[jax.Array], coeffs: list[jax.Array],
   return coupled, fed
 
 
-def _per_channel(params_XCK: jax.Array) -> list[jax.Array]:
-  return [params_XCK[..., c, :] for c in range(params_XCK.shape[-2])]
-
-
 def logistic_mixture_log_probs(out_BHWP: jax.Array, x01_BHWC: jax.Array,
                                channels: int, k: int) -> jax.Array:
   """log p(pixel) of each pixel [B, H, W] (all its channels jointly)."""
   logits, means, log_scales, coeffs = _split_mixture(out_BHWP, channels, k)
-  x_C1 = (x01_BHWC * 2.0 - 1.0)[..., None]           # [-1, 1], [..., C, 1]
-  coupled, _ = _couple(_per_channel(means), _per_channel(coeffs),
-                       lambda c, _: x_C1[..., c, :])
-  centered = x_C1 - jnp.stack(coupled, -2)
+  x_C1 = jnp.moveaxis(x01_BHWC * 2.0 - 1.0, -1, 0)[:, None]   # [-1, 1], [C, 1, ...]
+  coupled, _ = _couple(list(means), coeffs, lambda c, _: x_C1[c])
+  centered = x_C1 - jnp.stack(coupled)
   inv_scale = jnp.exp(-log_scales)
   plus_in = inv_scale * (centered + _HALF_BIN)
   min_in = inv_scale * (centered - _HALF_BIN)
@@ -151,8 +149,8 @@ def logistic_mixture_log_probs(out_BHWP: jax.Array, x01_BHWC: jax.Array,
   log_prob = jnp.where(x_C1 < -0.999, log_cdf_plus,
                        jnp.where(x_C1 > 0.999, log_one_minus_cdf_min,
                                  log_prob_inner))
-  log_prob_K = jnp.sum(log_prob, -2) + jax.nn.log_softmax(logits, -1)
-  return jax.nn.logsumexp(log_prob_K, -1)
+  log_prob_K = jnp.sum(log_prob, 0) + jax.nn.log_softmax(logits, 0)
+  return jax.nn.logsumexp(log_prob_K, 0)
 
 
 def logistic_mixture_nll_nats(out_BHWP: jax.Array, x01_BHWC: jax.Array,
@@ -166,17 +164,19 @@ def logistic_mixture_mean(out_BHWP: jax.Array, channels: int, k: int
   """E[x] in [0, 1] (ignoring the clipping at the edges): within component k,
   E[x_c] = mu_c + sum_j coeff * E[x_j | k]."""
   logits, means, _, coeffs = _split_mixture(out_BHWP, channels, k)
-  component_means, _ = _couple(_per_channel(means), _per_channel(coeffs),
-                               lambda c, value: value)
-  weights = jax.nn.softmax(logits, -1)[..., None, :]
-  mean = jnp.sum(jnp.stack(component_means, -2) * weights, -1)
+  component_means, _ = _couple(list(means), coeffs, lambda c, value: value)
+  mean = jnp.sum(jnp.stack(component_means) * jax.nn.softmax(logits, 0), 1)
+  mean = jnp.moveaxis(mean, 0, -1)                                # [..., C]
   return jnp.clip((mean + 1.0) / 2.0, 0.0, 1.0)
 
 
 def logistic_mixture_sample(key: jax.Array, out_BHWP: jax.Array, channels: int,
                             k: int) -> jax.Array:
   """A draw of 8-bit pixels, as u8 / 255."""
-  logits, means, log_scales, coeffs = _split_mixture(out_BHWP, channels, k)
+  logits, means, log_scales, coeffs = (
+      jnp.moveaxis(a, (0, 1), (-2, -1)) if a.ndim == out_BHWP.ndim + 1
+      else jnp.moveaxis(a, 0, -1)
+      for a in _split_mixture(out_BHWP, channels, k))   # [..., K], [..., C, K]
   pick_key, noise_key = jax.random.split(key)
   component = jax.random.categorical(pick_key, logits)            # [B, H, W]
   onehot = jax.nn.one_hot(component, k)[..., None, :]             # [.., 1, K]
