@@ -155,6 +155,25 @@ def test_ddpm_sampler_equals_ddim_with_eta_1_over_all_steps(mnist, tmp_path):
   assert float(jnp.std(ddpm)) > 0.05   # not a blank image
 
 
+def test_unguided_draw_of_a_guided_model_runs_the_network_once(mnist, tmp_path):
+  """Without labels, guidance would mix two identical predictions of the null
+  class, (1 + w) eps - w eps: the draw must run the network once per step, on
+  the 4 images, not on a doubled batch of 8 as a labelled guided draw does."""
+  config = ddpm_mnist.get_config("smoke")
+  config.model.conditional = True
+  config.model.guidance_scale = 2.0
+  s, batch = setup_and_batch(config, mnist, tmp_path, n=16, split="test")
+  state = train.init_state(s, batch)
+  key, labels = jax.random.PRNGKey(3), jnp.arange(4) % 10
+  sample = s.family.sample
+  program = lambda *labelled: str(jax.make_jaxpr(
+      lambda st, k: sample(st, k, 4, *labelled))(state, key))
+  doubled = "[8,28,28,"    # the network's input, two copies of 4 images
+  assert doubled in program(labels)
+  assert doubled not in program()
+  assert "[4,28,28," in program()
+
+
 def test_conditional_prediction_depends_on_the_label():
   net = UNet(base_width=8, width_multipliers=(1, 2), blocks_per_level=1,
              num_classes=10)

@@ -352,9 +352,12 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
       return jnp.full((batch_size,), null_label, jnp.int32)
     return jnp.asarray(labels_B, jnp.int32)
 
-  def predict(params, x_t, t_B, labels_B):
-    """Clipped (eps, x0) at (x_t, t), with guidance when it is on."""
-    if num_classes and guidance and labels_B is not None:
+  def predict(params, x_t, t_B, labels_B, guided: bool):
+    """Clipped (eps, x0) at (x_t, t), with guidance when it is on and the
+    labels are asked for (`guided`): an unconditional draw's null labels
+    would make both halves of the guided batch the same, twice the work for
+    (1 + w) eps - w eps = eps."""
+    if num_classes and guidance and guided:
       both = net.apply(params, jnp.concatenate([x_t, x_t]),
                        jnp.concatenate([t_B, t_B]),
                        jnp.concatenate([labels_B, jnp.full_like(labels_B, null_label)]))
@@ -368,14 +371,14 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
       eps, x0 = eps_and_x0(objective, sched, out, x_t, t_B)
     return clip_x0(sched, x0, x_t, t_B)
 
-  def ddpm_chain(params, key, x_T, labels_B, keep: int = 0):
+  def ddpm_chain(params, key, x_T, labels_B, guided: bool, keep: int = 0):
     """Ancestral sampling over all T steps; with keep > 0 also the images at
     `keep` evenly spaced points from x_T to x_0 ([keep, B, H, W, C])."""
     def body(x_t, i):
       t = num_t - 1 - i
       t_B = jnp.full(x_t.shape[:1], t)
       noise = jax.random.normal(jax.random.fold_in(key, t), x_t.shape)
-      x = ddpm_update(sched, variance, predict(params, x_t, t_B, labels_B),
+      x = ddpm_update(sched, variance, predict(params, x_t, t_B, labels_B, guided),
                       x_t, t, noise)
       return x, (x if keep else None)
     x0, path = jax.lax.scan(body, x_T, jnp.arange(num_t))
@@ -384,7 +387,8 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     at = np.round(np.linspace(0, num_t - 1, keep - 1)).astype(np.int32)
     return x0, jnp.concatenate([x_T[None], path[at]])
 
-  def ddim_chain(params, key, x_T, labels_B, num_steps: int, eta: float):
+  def ddim_chain(params, key, x_T, labels_B, guided: bool, num_steps: int,
+                 eta: float):
     steps = ddim_timesteps(num_t, num_steps)
     prevs = np.append(-1, steps[:-1]).astype(np.int32)
 
@@ -392,7 +396,7 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
       t, t_prev = ts
       t_B = jnp.full(x_t.shape[:1], t)
       noise = jax.random.normal(jax.random.fold_in(key, t), x_t.shape)
-      return ddim_update(sched, eta, predict(params, x_t, t_B, labels_B), x_t,
+      return ddim_update(sched, eta, predict(params, x_t, t_B, labels_B, guided), x_t,
                          t, t_prev, noise), None
     x0, _ = jax.lax.scan(body, x_T, (jnp.asarray(steps[::-1]), jnp.asarray(prevs[::-1])))
     return x0
@@ -402,10 +406,12 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
       noise_key, chain_key = jax.random.split(key)
       x_T = jax.random.normal(noise_key, (num, *image_shape))
       labels_B = labels_or_none(labels, num)
+      guided = labels is not None
       if sampler == "ddpm":
-        x0, _ = ddpm_chain(state.ema_params, chain_key, x_T, labels_B)
+        x0, _ = ddpm_chain(state.ema_params, chain_key, x_T, labels_B, guided)
       else:
-        x0 = ddim_chain(state.ema_params, chain_key, x_T, labels_B, num_steps, eta)
+        x0 = ddim_chain(state.ema_params, chain_key, x_T, labels_B, guided,
+                        num_steps, eta)
       return to_images(x0)
     return sample
 
@@ -518,9 +524,9 @@ def make(config: ConfigDict, spec: DatasetSpec) -> Family:
     x_T = jax.random.normal(noise_key, (cols, *image_shape))
     labels_B = labels_or_none(jnp.arange(cols) % spec.num_classes
                               if num_classes else None, cols)
-    _, path = ddpm_chain(params, chain_key, x_T, labels_B, keep=TRAJECTORY_FRAMES)
+    _, path = ddpm_chain(params, chain_key, x_T, labels_B, True, keep=TRAJECTORY_FRAMES)
     counts = [c for c in VIEW_STEP_COUNTS if c < num_t] + [num_t]
-    rows = [ddim_chain(params, chain_key, x_T, labels_B, c, 0.0) for c in counts]
+    rows = [ddim_chain(params, chain_key, x_T, labels_B, True, c, 0.0) for c in counts]
     return {"trajectory": to_images(jnp.swapaxes(path, 0, 1)),
             "steps": to_images(jnp.stack(rows))}
 
