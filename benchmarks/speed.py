@@ -25,7 +25,7 @@ state), the twin's peak while it is built and takes two steps (CUDA: the
 allocator's peak; CPU: the running sum of a torch.profiler trace's per-op
 allocations).
 
-Configs without a twin (`--configs=ddpm_cifar10`) get jaxgen's
+Configs without a twin (`--configs=vae_cifar10:ar`) get jaxgen's
 numbers alone. jaxgen's TFLOP/s is XLA's operation count of the step over its
 time. Where torch sees a GPU, the twins run on it in TF32 (as XLA runs float32
 there), `--torch_compile` adds a column for them with torch.compile'd networks,
@@ -34,19 +34,18 @@ XLA CPU setting run.py applies (jaxgen/xla_cpu.py);
 `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`
 times it with jaxlib's default instead.
 
-Twins so far: the GANs dcgan_mnist, dcgan_cifar10, sngan_cifar10,
-cgan_cifar10, acgan_cifar10 (benchmarks/torch_dcgan.py, built from the jaxgen
-config, with a `check` of its own), the
-autoencoders ae_mnist, vae_mnist, cvae_mnist, vae_cifar10, cvae_cifar10
-(benchmarks/torch_vae.py; not vae_cifar10:ar) and the
-four flows glow_mnist, realnvp_mnist, glow_cifar10, realnvp_cifar10
-(benchmarks/torch_flow.py), ddpm_mnist (benchmarks/torch_ddpm.py) and the
-classifiers classifier_mnist, classifier_cifar10 (benchmarks/torch_classifier.py,
-no sampler; augmentation and dropout drawn each step); the last
-four are built from the jaxgen config, and their `check` shows they take
-jaxgen's step: the same loss, gradients and params given the same noise. Both sides draw their own noise each step
-(binarization, dequantization, posterior samples, GAN latents), as training
-does.
+Twins (each built from the jaxgen config; each file's `check` shows it takes
+jaxgen's step: the same loss, gradients and params given the same noise):
+the GANs dcgan_mnist, dcgan_cifar10, sngan_cifar10, cgan_cifar10,
+acgan_cifar10 (benchmarks/torch_dcgan.py), the autoencoders ae_mnist,
+vae_mnist, cvae_mnist, vae_cifar10, cvae_cifar10 (benchmarks/torch_vae.py;
+not the :ar decoders), the four flows glow_mnist, realnvp_mnist,
+glow_cifar10, realnvp_cifar10 (benchmarks/torch_flow.py), the DDPMs
+ddpm_mnist, ddpm_cifar10, ddpm_cifar10:cpu (benchmarks/torch_ddpm.py) and
+the classifiers classifier_mnist, classifier_cifar10
+(benchmarks/torch_classifier.py; no sampler). Both sides draw their own noise
+each step (binarization, dequantization, posterior samples, GAN latents,
+augmentation, dropout), as training does.
 """
 
 from __future__ import annotations

@@ -273,11 +273,8 @@ class ClassifierTwin:
     self.params = list(self.net.parameters())
     self.forward = torch.compile(self.net) if compile_nets else self.net
     self.grad_clip_norm = float(config.optimizer.grad_clip_norm)
-    if schedule_fn is None:
-      schedule_fn = lambda step: torch_vae.learning_rate(
-          config.optimizer, config.train.num_steps, step)
-    self.opt, self.schedule = torch_vae.make_optimizer(config.optimizer, self.params,
-                                                       schedule_fn)
+    self.opt, self.schedule = torch_vae.config_optimizer(config, self.params,
+                                                         schedule_fn)
     self.step = 0
 
   def draws(self, batch_size: int, device: torch.device
@@ -298,18 +295,14 @@ class ClassifierTwin:
     logits = self.forward((x01_BCHW * 2.0 - 1.0).to(self.dtype), dropout_mask)
     loss = F.cross_entropy(logits, labels_B, label_smoothing=self.label_smoothing)
     loss.backward()
-    grads = [p.grad for p in self.params]
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # pylint: disable=protected-access
+    norm = torch_vae.global_grad_norm(self.params)
     accuracy = (logits.detach().argmax(-1) == labels_B).float().mean()
     return {"loss": loss.detach(), "train_accuracy": accuracy, "grad_norm": norm}
 
   @torch.no_grad()
   def apply_gradients(self, grad_norm: torch.Tensor) -> None:
-    if self.grad_clip_norm:
-      torch_vae.clip_by_global_norm_([p.grad for p in self.params],
-                                     self.grad_clip_norm, grad_norm)
-    self.opt.step()
-    self.schedule.step()
+    torch_vae.clip_and_step(self.params, self.opt, self.schedule,
+                            self.grad_clip_norm, grad_norm)
     self.step += 1
 
   def train_step(self, images_BCHW: torch.Tensor, labels_B: torch.Tensor

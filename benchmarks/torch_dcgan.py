@@ -453,11 +453,6 @@ def class_correct(logits_BK: torch.Tensor, labels_B: torch.Tensor) -> torch.Tens
   return (logits_BK.argmax(-1) == labels_B).to(logits_BK.dtype)
 
 
-def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
-  grads = [p.grad for p in params]
-  return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # pylint: disable=protected-access
-
-
 def disc_optimizer_config(config: Any) -> Any:
   """jaxgen's D optimizer settings: `optimizer`, at `model.disc_learning_rate`
   when set (TTUR)."""
@@ -578,7 +573,8 @@ class GANTwin:
     loss = per_example.mean()
     self.disc_opt.zero_grad(set_to_none=True)
     loss.backward(inputs=self.disc_params)
-    return {"disc_loss": loss.detach(), "disc_grad_norm": grad_norm(self.disc_params),
+    return {"disc_loss": loss.detach(),
+            "disc_grad_norm": torch_vae.global_grad_norm(self.disc_params),
             **{k: v.detach().mean() for k, v in aux.items()}}
 
   def gen_backward(self, labels_B: torch.Tensor, z_BL: torch.Tensor
@@ -597,14 +593,12 @@ class GANTwin:
     loss = per_example.mean()
     self.gen_opt.zero_grad(set_to_none=True)
     loss.backward(inputs=self.gen_params)
-    return {"gen_loss": loss.detach(), "gen_grad_norm": grad_norm(self.gen_params), **aux}
+    return {"gen_loss": loss.detach(),
+            "gen_grad_norm": torch_vae.global_grad_norm(self.gen_params), **aux}
 
   def _apply(self, opt: torch.optim.Optimizer, schedule: Any,
              params: list[torch.Tensor], norm: torch.Tensor) -> None:
-    if self.grad_clip_norm:
-      torch_vae.clip_by_global_norm_([p.grad for p in params], self.grad_clip_norm, norm)
-    opt.step()
-    schedule.step()
+    torch_vae.clip_and_step(params, opt, schedule, self.grad_clip_norm, norm)
 
   @torch.no_grad()
   def _update_ema(self) -> None:

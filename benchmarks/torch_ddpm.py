@@ -276,11 +276,8 @@ class DiffusionTwin:
     self.alpha_bar = torch.tensor(alpha_bar.astype(np.float32), dtype=dtype,
                                   device=device)   # float32 values, in dtype
     self.grad_clip_norm = float(config.optimizer.grad_clip_norm)
-    if schedule_fn is None:
-      schedule_fn = lambda step: torch_vae.learning_rate(
-          config.optimizer, config.train.num_steps, step)
-    self.opt, self.schedule = torch_vae.make_optimizer(config.optimizer, self.params,
-                                                       schedule_fn)
+    self.opt, self.schedule = torch_vae.config_optimizer(config, self.params,
+                                                         schedule_fn)
     self.step = 0
 
   def backward(self, x0_f32: torch.Tensor, t_B: torch.Tensor, noise: torch.Tensor,
@@ -300,17 +297,13 @@ class DiffusionTwin:
             else a.to(dtype) * noise - (s * x0_f32).to(dtype))
     loss = ((self.forward(x_t, t_B, labels_B) - goal) ** 2).mean()
     loss.backward()
-    grads = [p.grad for p in self.params]
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # pylint: disable=protected-access
+    norm = torch_vae.global_grad_norm(self.params)
     return {"loss": loss.detach(), "grad_norm": norm}
 
   @torch.no_grad()
   def apply_gradients(self, grad_norm: torch.Tensor) -> None:
-    if self.grad_clip_norm:
-      torch_vae.clip_by_global_norm_([p.grad for p in self.params],
-                                     self.grad_clip_norm, grad_norm)
-    self.opt.step()
-    self.schedule.step()
+    torch_vae.clip_and_step(self.params, self.opt, self.schedule,
+                            self.grad_clip_norm, grad_norm)
     self.step += 1
     decay = min(float(self.m.ema_decay), (1.0 + self.step) / (10.0 + self.step))
     ema = list(self.ema.parameters())

@@ -306,11 +306,8 @@ class FlowTwin:
     with torch.no_grad():
       self.flow(self.preprocess(self.dequantize(example_images_u8_BCHW))[0])
     self.forward = torch.compile(self.flow) if compile_nets else self.flow
-    if schedule_fn is None:
-      schedule_fn = lambda step: torch_vae.learning_rate(
-          config.optimizer, config.train.num_steps, step)
-    self.opt, self.schedule = torch_vae.make_optimizer(config.optimizer, self.params,
-                                                       schedule_fn)
+    self.opt, self.schedule = torch_vae.config_optimizer(config, self.params,
+                                                         schedule_fn)
 
   def dequantize(self, images_u8_BCHW: torch.Tensor) -> torch.Tensor:
     p = self.params[0]
@@ -335,17 +332,13 @@ class FlowTwin:
     nats = -(log_normal + logdet_flow + logdet_pre) + self.num_dims * math.log(256.0)
     bpd = (nats / (self.num_dims * math.log(2.0))).mean()
     bpd.backward()
-    grads = [p.grad for p in self.params]
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # pylint: disable=protected-access
+    norm = torch_vae.global_grad_norm(self.params)
     return {"loss": bpd.detach(), "nll_bpd": bpd.detach(),
             "nll_nats": nats.mean().detach(), "grad_norm": norm}
 
   def apply_gradients(self, grad_norm: torch.Tensor) -> None:
-    if self.grad_clip_norm:
-      torch_vae.clip_by_global_norm_([p.grad for p in self.params],
-                                     self.grad_clip_norm, grad_norm)
-    self.opt.step()
-    self.schedule.step()
+    torch_vae.clip_and_step(self.params, self.opt, self.schedule,
+                            self.grad_clip_norm, grad_norm)
 
   def train_step(self, images_u8_BCHW: torch.Tensor) -> dict[str, torch.Tensor]:
     metrics = self.backward(self.dequantize(images_u8_BCHW))

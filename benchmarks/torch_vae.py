@@ -249,6 +249,17 @@ def learning_rate(cfg: Any, num_steps: int, step: int) -> float:
   return peak * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * t / decay_steps)) + alpha)
 
 
+def config_optimizer(config: Any, params: list[nn.Parameter],
+                     schedule_fn: Callable[[int], float] | None = None
+                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+  """make_optimizer for a whole jaxgen config: its schedule over
+  train.num_steps unless the check hands in jaxgen's own rates."""
+  if schedule_fn is None:
+    schedule_fn = lambda step: learning_rate(config.optimizer,
+                                             config.train.num_steps, step)
+  return make_optimizer(config.optimizer, params, schedule_fn)
+
+
 def make_optimizer(cfg: Any, params: list[nn.Parameter],
                    schedule_fn: Callable[[int], float]
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -266,6 +277,22 @@ def make_optimizer(cfg: Any, params: list[nn.Parameter],
   schedule = torch.optim.lr_scheduler.LambdaLR(
       opt, lambda step: schedule_fn(step) / peak)
   return opt, schedule
+
+
+def global_grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+  """The global norm of the params' .grad, as optax.global_norm (no host sync)."""
+  grads = [p.grad for p in params]
+  return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # pylint: disable=protected-access
+
+
+def clip_and_step(params: list[torch.Tensor], opt: torch.optim.Optimizer,
+                  schedule: Any, max_norm: float, grad_norm: torch.Tensor) -> None:
+  """jaxgen's update: global-norm clipping (when max_norm > 0), the optimizer
+  step, the schedule's step."""
+  if max_norm:
+    clip_by_global_norm_([p.grad for p in params], max_norm, grad_norm)
+  opt.step()
+  schedule.step()
 
 
 def clip_by_global_norm_(grads: list[torch.Tensor], max_norm: float,
@@ -469,11 +496,7 @@ class AutoencoderTwin:
     self.params = [*self.encoder.parameters(), *self.decoder.parameters()]
     if compile_nets:
       self.encoder, self.decoder = torch.compile(self.encoder), torch.compile(self.decoder)
-    if schedule_fn is None:
-      schedule_fn = lambda step: learning_rate(config.optimizer,
-                                               config.train.num_steps, step)
-    self.opt, self.schedule = make_optimizer(config.optimizer, self.params,
-                                             schedule_fn)
+    self.opt, self.schedule = config_optimizer(config, self.params, schedule_fn)
     self.step = 0
 
   def to_pixels(self, images_u8_BCHW: torch.Tensor) -> torch.Tensor:
@@ -531,16 +554,11 @@ class AutoencoderTwin:
     self.opt.zero_grad(set_to_none=True)
     loss, metrics = self.loss_terms(x01_BCHW, labels_B, eps, encoder_x01)
     loss.backward()
-    grads = [p.grad for p in self.params]
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # pylint: disable=protected-access
-    return {k: v.detach() for k, v in metrics.items()} | {"grad_norm": norm}
+    return ({k: v.detach() for k, v in metrics.items()}
+            | {"grad_norm": global_grad_norm(self.params)})
 
   def apply_gradients(self, grad_norm: torch.Tensor) -> None:
-    if self.grad_clip_norm:
-      clip_by_global_norm_([p.grad for p in self.params], self.grad_clip_norm,
-                           grad_norm)
-    self.opt.step()
-    self.schedule.step()
+    clip_and_step(self.params, self.opt, self.schedule, self.grad_clip_norm, grad_norm)
     self.step += 1
 
   def update(self, x01_BCHW: torch.Tensor, labels_B: torch.Tensor,
