@@ -11,7 +11,7 @@ units, dropout and the logits. LeCun-normal kernels, zero biases, batch norm
 scale 1 and shift 0 as Flax initialises them. Batch norm is Flax's: it
 normalizes by the batch's biased variance with epsilon 1e-5, and its running
 averages (momentum 0.9) move towards the batch mean and the *biased*
-variance, where torch's move towards the unbiased one (BatchNorm2d below
+variance, where torch's move towards the unbiased one (torch_vae.FlaxBatchNorm2d
 corrects that, at no extra pass over the activations). The same training
 step: pixels / 255 in float32, random translation by up to `model.max_shift`
 pixels with zero padding and (with `model.flip`) left-right mirroring, as
@@ -97,10 +97,9 @@ import torch_ddpm  # pylint: disable=g-import-not-at-top,wrong-import-position
 import torch_flow  # pylint: disable=g-import-not-at-top,wrong-import-position
 import torch_vae  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# Flax's BatchNorm as BNPoolClassifier uses it (bn_momentum, nn.BatchNorm's
-# default epsilon).
+# Flax's BatchNorm momentum as BNPoolClassifier uses it (bn_momentum; its
+# epsilon, nn.BatchNorm's default 1e-5, is torch_vae.FlaxBatchNorm2d's).
 BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
 # The model keys of classifier.add_model_config: a key beyond these is a
 # setting the twin has not learned, so it refuses rather than ignore it.
 MODEL_KEYS = frozenset({"family", "arch", "widths", "hidden", "dropout",
@@ -140,28 +139,8 @@ def bias_free_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
   return layer
 
 
-class BatchNorm2d(nn.BatchNorm2d):
-  """Flax's BatchNorm: training normalizes by the batch mean and biased
-  variance (as torch's does) but moves the running variance towards the
-  biased variance, where torch moves it towards the unbiased one."""
-
-  def __init__(self, width: int):
-    super().__init__(width, eps=BN_EPSILON, momentum=1.0 - BN_MOMENTUM)
-
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
-    if not self.training:
-      return super().forward(x)
-    # torch updates this copy to (1 - m) old + m v n / (n - 1), v the biased
-    # variance; Flax wants (1 - m) old + m v = copy (n - 1) / n + (1 - m) old / n:
-    # exact algebra on C numbers instead of a second reduction over x. (A copy:
-    # the batch norm's backward holds the buffer it was given.)
-    var = self.running_var.clone()
-    out = F.batch_norm(x, self.running_mean, var, self.weight, self.bias, True,
-                       self.momentum, self.eps)
-    n = x.numel() // x.shape[1]
-    with torch.no_grad():
-      self.running_var.mul_((1.0 - self.momentum) / n).add_(var, alpha=(n - 1) / n)
-    return out
+def batch_norm(width: int) -> torch_vae.FlaxBatchNorm2d:
+  return torch_vae.FlaxBatchNorm2d(width, BN_MOMENTUM)
 
 
 def flatten_dims(image_hw: tuple[int, int], widths: tuple[int, ...]
@@ -194,8 +173,8 @@ class ClassifierNet(torch_ddpm.FlaxNamed):
         # Flax builds the first conv, then the first batch norm, then the
         # second conv (inside norm_act(Conv(..)(x))) and its batch norm.
         self.blocks.append(tuple(self.add(kind, layer) for kind, layer in (
-            ("Conv", bias_free_conv(prev, width)), ("BatchNorm", BatchNorm2d(width)),
-            ("Conv", bias_free_conv(width, width)), ("BatchNorm", BatchNorm2d(width)))))
+            ("Conv", bias_free_conv(prev, width)), ("BatchNorm", batch_norm(width)),
+            ("Conv", bias_free_conv(width, width)), ("BatchNorm", batch_norm(width)))))
       prev = width
     for module in self.modules():
       if isinstance(module, torch_vae.SameConv2d):

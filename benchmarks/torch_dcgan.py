@@ -210,41 +210,6 @@ class SNLinear(SpectralNormed, nn.Linear):
     return F.linear(x, self.normalized_weight(), self.bias)
 
 
-class FlaxBatchNorm2d(nn.BatchNorm2d):
-  """Flax's nn.BatchNorm (epsilon 1e-5) in NCHW on torch's fused kernel.
-
-  Training mode normalizes by the batch's biased variance, as both do, and
-  keeps running statistics as Flax does: r = m r + (1 - m) batch, with the
-  *biased* batch variance, where torch folds in the unbiased one; the torch
-  kernel's update is corrected afterwards at the cost of a few C-sized ops.
-  `momentum` is Flax's (0.9 = torch's 0.1; 0 stores the batch's statistics,
-  jaxgen's standing statistics). `update_stats` False normalizes by the
-  batch and keeps the running statistics (jaxgen's D update discards the
-  statistics of the G pass that makes its fakes)."""
-
-  def __init__(self, width: int, momentum: float = 0.9):
-    super().__init__(width, eps=1e-5, momentum=1.0 - momentum)
-    self.update_stats = True
-
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
-    if not self.training:
-      return F.batch_norm(x, self.running_mean, self.running_var, self.weight,
-                          self.bias, False, 0.0, self.eps)
-    if not self.update_stats:
-      return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-    # The kernel updates a scratch copy (autograd saves what it is handed, so
-    # the buffer itself must not change again before backward).
-    running_var = self.running_var.clone()
-    y = F.batch_norm(x, self.running_mean, running_var, self.weight,
-                     self.bias, True, self.momentum, self.eps)
-    with torch.no_grad():
-      # It holds (1 - m') r + m' var * n / (n - 1); take m' var / (n - 1) back.
-      n = x.numel() // x.shape[1]
-      self.running_var.copy_(running_var - (running_var - (1.0 - self.momentum)
-                                            * self.running_var) / n)
-    return y
-
-
 class FlaxLayerNorm2d(nn.LayerNorm):
   """Flax's nn.LayerNorm on NHWC maps (epsilon 1e-5): each pixel normalized
   over its channels."""
@@ -291,9 +256,9 @@ class FlaxNamed(nn.Module):
           f"{name}.u", lambda u: np.asarray(u)[0])
     return layer
 
-  def add_batch_norm(self, width: int, momentum: float) -> FlaxBatchNorm2d:
+  def add_batch_norm(self, width: int, momentum: float) -> torch_vae.FlaxBatchNorm2d:
     name = self._next("BatchNorm")
-    layer = FlaxBatchNorm2d(width, momentum)
+    layer = torch_vae.FlaxBatchNorm2d(width, momentum)
     self.add_module(name, layer)
     self.slots.update({f"params/{name}/scale": (f"{name}.weight", _same),
                        f"params/{name}/bias": (f"{name}.bias", _same),
@@ -464,7 +429,7 @@ def disc_optimizer_config(config: Any) -> Any:
 
 def set_update_stats(net: nn.Module, update: bool) -> None:
   for module in net.modules():
-    if isinstance(module, FlaxBatchNorm2d):
+    if isinstance(module, torch_vae.FlaxBatchNorm2d):
       module.update_stats = update
 
 
@@ -502,7 +467,7 @@ class GANTwin:
     if self.ema_decay:
       self.ema = copy.deepcopy(self.gen).requires_grad_(False)
       for module in self.ema.modules():  # only standing statistics write these
-        if isinstance(module, FlaxBatchNorm2d):
+        if isinstance(module, torch_vae.FlaxBatchNorm2d):
           module.momentum = 1.0
     self.gen_params = list(self.gen.parameters())
     self.disc_params = list(self.disc.parameters())

@@ -235,6 +235,41 @@ class Decoder(_FlaxNamed):
     return self.layers(z)
 
 
+class FlaxBatchNorm2d(nn.BatchNorm2d):
+  """Flax's nn.BatchNorm (epsilon 1e-5) in NCHW on torch's fused kernel.
+
+  Training mode normalizes by the batch's biased variance, as both do, and
+  keeps running statistics as Flax does: r = m r + (1 - m) batch, with the
+  *biased* batch variance, where torch folds in the unbiased one; the torch
+  kernel's update is corrected afterwards at the cost of a few C-sized ops.
+  `momentum` is Flax's (0.9 = torch's 0.1; 0 stores the batch's statistics,
+  jaxgen's standing statistics). `update_stats` False normalizes by the
+  batch and keeps the running statistics (jaxgen's D update discards the
+  statistics of the G pass that makes its fakes)."""
+
+  def __init__(self, width: int, momentum: float = 0.9):
+    super().__init__(width, eps=1e-5, momentum=1.0 - momentum)
+    self.update_stats = True
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    if not self.training:
+      return F.batch_norm(x, self.running_mean, self.running_var, self.weight,
+                          self.bias, False, 0.0, self.eps)
+    if not self.update_stats:
+      return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+    # The kernel updates a scratch copy (autograd saves what it is handed, so
+    # the buffer itself must not change again before backward).
+    running_var = self.running_var.clone()
+    y = F.batch_norm(x, self.running_mean, running_var, self.weight,
+                     self.bias, True, self.momentum, self.eps)
+    with torch.no_grad():
+      # It holds (1 - m') r + m' var * n / (n - 1); take m' var / (n - 1) back.
+      n = x.numel() // x.shape[1]
+      self.running_var.copy_(running_var - (running_var - (1.0 - self.momentum)
+                                            * self.running_var) / n)
+    return y
+
+
 def learning_rate(cfg: Any, num_steps: int, step: int) -> float:
   """jaxgen/optim.py's schedule: linear warm-up from 0, then constant or
   cosine decay to final_lr_fraction * peak at the end of training."""
