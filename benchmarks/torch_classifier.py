@@ -434,12 +434,10 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-9
       result["augment_abs"] = max(result["augment_abs"], float(
           (x - torch.from_numpy(jax_x).permute(0, 3, 1, 2)).abs().max()))
       ours = twin.backward(x, labels, dropout_mask(state, jax_x, dropout_key))
-      grad_abs, grad_rel = relative_diffs(twin, grads, twin.named_tensors(),
-                                          of_grads=True)
-      twin.apply_gradients(ours["grad_norm"])
-      state, metrics = step_fn(state, batch, key)
-      torch_vae.record_metric_diffs(result, ours, metrics)
-      torch_vae.record_max(result, "grad", grad_abs, grad_rel)
+      state, metrics = torch_vae.step_both(
+          result, twin, ours,
+          relative_diffs(twin, grads, twin.named_tensors(), of_grads=True),
+          step_fn, state, batch, key)
     result["param_abs"], result["param_rel"] = relative_diffs(
         twin, state.params, twin.named_tensors(), of_grads=False)
     kinds = ("metric", "grad", "param")

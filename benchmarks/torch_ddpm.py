@@ -431,12 +431,10 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4
           torch.tensor(np.asarray(t_B)).long(),
           torch.tensor(np.asarray(noise)).permute(0, 3, 1, 2).contiguous(),
           None if labels is None else torch.tensor(np.asarray(labels)).long())
-      grad_abs, grad_rel = relative_diffs(torch_flow.flax_leaves(grads), twin.named_tensors(),
-                                          of_grads=True)
-      twin.apply_gradients(ours["grad_norm"])
-      state, metrics = step_fn(state, batch, key)
-      torch_vae.record_metric_diffs(result, ours, metrics)
-      torch_vae.record_max(result, "grad", grad_abs, grad_rel)
+      state, metrics = torch_vae.step_both(
+          result, twin, ours,
+          relative_diffs(torch_flow.flax_leaves(grads), twin.named_tensors(), of_grads=True),
+          step_fn, state, batch, key)
     result["param_abs"], result["param_rel"] = relative_diffs(
         torch_flow.flax_leaves(state.params), twin.named_tensors(), of_grads=False)
     result["ema_abs"], result["ema_rel"] = relative_diffs(

@@ -466,11 +466,9 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4
       grads = grad_fn(state.params, state, batch, key)
       u = torch.tensor(np.asarray(dequantize(key)), dtype=torch.float64)
       ours = twin.backward(u.permute(0, 3, 1, 2).contiguous())
-      grad_abs, grad_rel = relative_diffs(flax_leaves(grads), twin, of_grads=True)
-      twin.apply_gradients(ours["grad_norm"])
-      state, metrics = step_fn(state, batch, key)
-      torch_vae.record_metric_diffs(result, ours, metrics)
-      torch_vae.record_max(result, "grad", grad_abs, grad_rel)
+      state, metrics = torch_vae.step_both(
+          result, twin, ours, relative_diffs(flax_leaves(grads), twin, of_grads=True),
+          step_fn, state, batch, key)
     result["param_abs"], result["param_rel"] = relative_diffs(
         flax_leaves(state.params), twin, of_grads=False)
     result["loss"] = float(metrics["loss"])

@@ -792,6 +792,19 @@ def record_metric_diffs(result: dict[str, float], ours: dict[str, Any],
     record_max(result, "metric", diff, diff / max(abs(float(value)), 1e-30))
 
 
+def step_both(result: dict[str, float], twin: Any, ours: dict[str, Any],
+              grad_diffs: tuple[float, float], step_fn: Callable[..., Any],
+              state: Any, batch: Any, key: Any) -> tuple[Any, Any]:
+  """After a check compared the gradients: one update on each side (the
+  twin's with its own grad norm), recording the metrics' and gradients'
+  differences. Returns jaxgen's (state, metrics)."""
+  twin.apply_gradients(ours["grad_norm"])
+  state, metrics = step_fn(state, batch, key)
+  record_metric_diffs(result, ours, metrics)
+  record_max(result, "grad", *grad_diffs)
+  return state, metrics
+
+
 def assert_within(result: dict[str, float], kinds: tuple[str, ...], tol: float
                   ) -> None:
   for kind in kinds:
@@ -903,11 +916,9 @@ def check(config: Any, steps: int = 3, seed: int = 0, tol: float = 1e-4,
                            z_shape)
       ours = twin.backward(twin_pixels(pm1), labels,
                            eps if twin.variational else None, twin_pixels(enc_pm1))
-      grad_abs, grad_rel = relative_diffs(flax_leaves(grads), twin, of_grads=True)
-      twin.apply_gradients(ours["grad_norm"])
-      state, metrics = step_fn(state, batch, key)
-      record_metric_diffs(result, ours, metrics)
-      record_max(result, "grad", grad_abs, grad_rel)
+      state, metrics = step_both(
+          result, twin, ours, relative_diffs(flax_leaves(grads), twin, of_grads=True),
+          step_fn, state, batch, key)
     result["param_abs"], result["param_rel"] = relative_diffs(
         flax_leaves(state.params), twin, of_grads=False)
     result["loss"] = float(metrics["loss"])
