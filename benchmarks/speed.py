@@ -25,8 +25,8 @@ state), the twin's peak while it is built and takes two steps (CUDA: the
 allocator's peak; CPU: the running sum of a torch.profiler trace's per-op
 allocations).
 
-Configs without a twin (`--configs=vae_cifar10:ar`) get jaxgen's
-numbers alone. jaxgen's TFLOP/s is XLA's operation count of the step over its
+A config without a twin (one given by `--configs` outside the list below)
+gets jaxgen's numbers alone. jaxgen's TFLOP/s is XLA's operation count of the step over its
 time. Where torch sees a GPU, the twins run on it in TF32 (as XLA runs float32
 there), `--torch_compile` adds a column for them with torch.compile'd networks,
 and the table goes to benchmarks/RESULTS_gpu.md. On CPU jaxgen runs with the
@@ -38,8 +38,10 @@ Twins (each built from the jaxgen config; each file's `check` shows it takes
 jaxgen's step: the same loss, gradients and params given the same noise):
 the GANs dcgan_mnist, dcgan_cifar10, sngan_cifar10, cgan_cifar10,
 acgan_cifar10 (benchmarks/torch_dcgan.py), the autoencoders ae_mnist,
-vae_mnist, cvae_mnist, vae_cifar10, cvae_cifar10 (benchmarks/torch_vae.py;
-not the :ar decoders), the four flows glow_mnist, realnvp_mnist,
+vae_mnist, cvae_mnist, vae_cifar10, cvae_cifar10 and the local
+autoregressive decoders vae_mnist:ar, vae_cifar10:ar (benchmarks/torch_vae.py;
+their sample() draws pixel by pixel, the twin in an eager Python loop over
+the pixels), the four flows glow_mnist, realnvp_mnist,
 glow_cifar10, realnvp_cifar10 (benchmarks/torch_flow.py), the DDPMs
 ddpm_mnist, ddpm_cifar10, ddpm_cifar10:cpu (benchmarks/torch_ddpm.py) and
 the classifiers classifier_mnist, classifier_cifar10
@@ -237,6 +239,7 @@ DISPATCH_KEY = "train.steps_per_dispatch"
 TWINS = {name: config_twin_stepper for name in (
              *torch_dcgan.COVERED,
              "ae_mnist", "vae_mnist", "cvae_mnist", "vae_cifar10", "cvae_cifar10",
+             "vae_mnist:ar", "vae_cifar10:ar",
              "glow_mnist", "realnvp_mnist",
              "glow_cifar10", "realnvp_cifar10", "ddpm_mnist", "ddpm_cifar10",
              "ddpm_cifar10:cpu",
@@ -280,20 +283,30 @@ class Row:
   mib: dict[str, float]
 
 
+def twin_name(name: str) -> str:
+  """The TWINS entry covering a config name: "vae_mnist:ar,smoke" ->
+  "vae_mnist:ar" (smoke only shrinks the sizes, which the twins read from
+  the config)."""
+  module, _, arg = name.partition(":")
+  options = [o for o in arg.split(",") if o and o != "smoke"]
+  return module + (":" + ",".join(options) if options else "")
+
+
 def measure(name: str, args: argparse.Namespace, arms: list[str],
             torch_device: str) -> tuple[Row, dict[str, float]]:
   """One config: (its train-step row, images/s of sample() per side)."""
   jaxgen = jaxgen_stepper(name, args.set, args.sample_batch)
   # Configs without a twin get jaxgen's numbers alone, as do overrides of the
   # network, which the twins do not follow. Sampling: jaxgen vs eager PyTorch.
-  has_twin = name in TWINS and all(item.startswith(DISPATCH_KEY + "=")
-                                   for item in args.set)
+  twin_stepper = (TWINS.get(twin_name(name))
+                  if all(item.startswith(DISPATCH_KEY + "=") for item in args.set)
+                  else None)
   mib = {}
   if jaxgen.buffer_bytes is not None:
     mib["jaxgen"] = jaxgen.buffer_bytes / 2**20
-  if has_twin:
+  if twin_stepper:
     # A twin of its own, built and dropped before the timed ones exist.
-    build_and_step = lambda: TWINS[name](name, torch_device, False, 0)[0](2)
+    build_and_step = lambda: twin_stepper(name, torch_device, False, 0)[0](2)
     mib["PyTorch"] = twin_peak_bytes(build_and_step, torch_device) / 2**20
   row = Row(name, jaxgen.batch_size, jaxgen.steps_per_dispatch,
             jaxgen.compile_seconds, jaxgen.flops_per_step, {}, mib)
@@ -302,10 +315,10 @@ def measure(name: str, args: argparse.Namespace, arms: list[str],
   if args.memory_only:
     return row, {}
   runs, samplers = {"jaxgen": jaxgen.run}, {"jaxgen": jaxgen.sample_run}
-  if has_twin:
+  if twin_stepper:
     for arm in arms:
-      runs[arm], twin_sample = TWINS[name](name, torch_device,
-                                           arm == "torch.compile", args.sample_batch)
+      runs[arm], twin_sample = twin_stepper(name, torch_device,
+                                            arm == "torch.compile", args.sample_batch)
       if arm == "PyTorch" and args.sample_batch > 0:
         samplers[arm] = twin_sample
   samplers = {arm: run for arm, run in samplers.items() if run is not None}
@@ -394,7 +407,8 @@ def render(args: argparse.Namespace, arms: list[str], torch_device: str,
   if sample_rows:
     lines += ["", f"Sampling: images/s of `sample()` (the twins' same function: "
               f"G(z), from the EMA generator with standing batch-norm statistics "
-              f"where the config has an EMA, the decoder means of z ~ N(0, I), a "
+              f"where the config has an EMA, the decoder means of z ~ N(0, I) "
+              f"(with a local AR decoder, draws from p(x | z) pixel by pixel), a "
               f"flow's inverse at the "
               f"config's temperature, or DDIM with the config's steps on the EMA "
               f"weights) at {args.sample_batch} "
@@ -429,6 +443,10 @@ def main() -> None:
   parser.add_argument("--out", default=None, help="default: benchmarks/"
                       "RESULTS.md, or RESULTS_gpu.md when torch sees a GPU")
   args = parser.parse_args()
+  for flag in ("steps", "repeats", "sample_calls"):
+    if getattr(args, flag) < 1:
+      parser.error(f"--{flag}={getattr(args, flag)}: must be at least 1 "
+                   "(--sample_batch=0 turns the sampling table off)")
   torch_device = "cuda" if torch.cuda.is_available() else "cpu"
   stem = "MEMORY" if args.memory_only else "RESULTS"
   out = Path(args.out or ROOT / "benchmarks" / (

@@ -76,6 +76,20 @@ def test_per_pixel_path_matches_the_parallel_pass_at_every_pixel():
     np.testing.assert_allclose(single, parallel[:, i, j], rtol=1e-5, atol=1e-5)
 
 
+def test_float32_image_meets_float64_params():
+  # 8-bit pixels stay float32 while a float64 check casts the params (as
+  # nn.Conv promotes its input); the parallel pass must take them.
+  with jax.enable_x64(True):
+    head, params = head_and_params()
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    features = jax.random.normal(jax.random.PRNGKey(6), (1, 6, 6, 8), jnp.float64)
+    x32 = jax.random.uniform(jax.random.PRNGKey(7), (1, 6, 6, 3), jnp.float32)
+    out = head.apply(params, features, x32)
+    assert out.dtype == jnp.float64
+    np.testing.assert_array_equal(
+        out, head.apply(params, features, x32.astype(jnp.float64)))
+
+
 def test_sequential_decoding_is_consistent_with_the_parallel_pass():
   # Each pixel the sequential decoder writes is pixel_value of the parameters
   # the parallel pass gives for the finished image: the decoder read exactly

@@ -68,8 +68,11 @@ class LocalARHead(nn.Module):
     return self.out(nn.relu(self.mix(h)))
 
   def __call__(self, features_BHWF: jax.Array, x01_BHWC: jax.Array) -> jax.Array:
+    kernel = self._masked_kernel()
+    # The image in the kernel's dtype, as nn.Conv promotes its input: float32
+    # pixels meet float64 params in benchmarks/torch_vae.py's float64 check.
     pre = jax.lax.conv_general_dilated(
-        x01_BHWC * 2.0 - 1.0, self._masked_kernel(), (1, 1), "SAME",
+        (x01_BHWC * 2.0 - 1.0).astype(kernel.dtype), kernel, (1, 1), "SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return self._head(pre, features_BHWF)
 
