@@ -54,6 +54,13 @@ def cifar10() -> data.Dataset:
   return data.load("cifar10", str(DATA_DIR), source="raw")
 
 
+@pytest.fixture
+def datasets(request):
+  """name -> the session's dataset a config name ends in (cifar10, else mnist)."""
+  return lambda name: request.getfixturevalue(
+      "cifar10" if name.endswith("cifar10") else "mnist")
+
+
 @pytest.fixture(scope="session")
 def num_devices() -> int:
   assert jax.device_count() == 8, (

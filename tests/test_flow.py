@@ -226,12 +226,6 @@ def test_bfloat16_flow_keeps_its_bijections_in_float32():
   assert eps_BD.dtype == logdet_B.dtype == jnp.float32
 
 
-@pytest.fixture
-def datasets(request):
-  return lambda name: request.getfixturevalue(
-      "cifar10" if name.endswith("cifar10") else "mnist")
-
-
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_smoke_step_is_deterministic_and_learns(name, datasets, tmp_path):
   dataset = datasets(name)

@@ -41,12 +41,6 @@ def smoke_config(name, overrides=None):
   return config
 
 
-@pytest.fixture
-def datasets(request):
-  return lambda name: request.getfixturevalue(
-      "cifar10" if name.endswith("cifar10") else "mnist")
-
-
 def setup_and_batch(config, dataset, tmp_path, n=32):
   s = train.setup(config, tmp_path, sharding.make_mesh(1), dataset)
   split = dataset.train

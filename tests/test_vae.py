@@ -30,12 +30,6 @@ def batch_of(dataset, mesh, n=16, split="test"):
                              "label": split.labels[:n]}, mesh)
 
 
-@pytest.fixture
-def datasets(request):
-  return lambda name: request.getfixturevalue(
-      "cifar10" if name.endswith("cifar10") else "mnist")
-
-
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_smoke_step_is_deterministic_and_learns(name, datasets, tmp_path):
   dataset = datasets(name)
