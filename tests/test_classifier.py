@@ -1,7 +1,10 @@
 """The batch-norm classifier (cifar10net's "bn_pool" network): its step, its
-batch statistics across devices, and evaluation that ignores the batch."""
+batch statistics across devices, and evaluation that ignores the batch; and
+the max pooling both classifier networks use."""
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -9,6 +12,7 @@ from conftest import check_step_is_deterministic_and_learns, setup_and_batch
 from configs import classifier_cifar10
 from jaxgen import sharding, train
 from jaxgen.nets import classifier as classifier_nets
+from jaxgen.nets import max_pool
 
 
 def _smoke_config():
@@ -99,3 +103,27 @@ def test_flip_averaged_evaluation_is_mirror_invariant_and_keeps_the_weights(cifa
   np.testing.assert_allclose(logits, (plain_logits + mirrored_logits) / 2,
                              rtol=1e-5, atol=1e-6)
   assert not np.allclose(logits, plain_logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape,window", [((3, 8, 8, 4), 2), ((2, 7, 9, 3), 2),
+                                          ((2, 9, 6, 5), 3)])
+def test_max_pool_matches_flax_values_and_gradients_bit_for_bit(shape, window):
+  # Ties on purpose: ReLU zeros and repeated values, whose gradient both give
+  # to the first maximum of the tile; odd sizes drop the remainder ("VALID").
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  x = jnp.round(jnp.maximum(x, 0.0) * 2.0) / 2.0
+  weights = jax.random.normal(jax.random.PRNGKey(1), (
+      shape[0], shape[1] // window, shape[2] // window, shape[3]))
+
+  def flax_loss(x):
+    return jnp.sum(weights * nn.max_pool(x, (window, window), (window, window)))
+
+  def ours_loss(x):
+    return jnp.sum(weights * max_pool(x, window))
+
+  np.testing.assert_array_equal(max_pool(x, window),
+                                nn.max_pool(x, (window, window), (window, window)))
+  ours, theirs = jax.grad(ours_loss)(x), jax.grad(flax_loss)(x)
+  assert np.sum(np.asarray(x)[:, :shape[1] // window * window] == 0) > 10  # ties
+  np.testing.assert_array_equal(ours, theirs)
+  assert np.count_nonzero(ours) == weights.size  # one position per tile

@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nets import max_pool
+
 ARCHS = ("plain", "bn_pool")
 
 
@@ -68,7 +70,7 @@ class ConvClassifier(nn.Module):
       x = nn.relu(nn.Conv(width, (3, 3), strides=(2, 2) if i == 0 else (1, 1))(x))
       x = nn.relu(nn.Conv(width, (3, 3))(x))
       if i + 1 < len(self.widths):
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = max_pool(x, 2)
     x = x.reshape(x.shape[0], -1)
     return _mirror_mean(_head(x, self.hidden, self.num_classes, self.dropout, train),
                         averaged)
@@ -100,7 +102,7 @@ class BNPoolClassifier(nn.Module):
     for width in self.widths:
       # Bias-free: the batch norm right after each conv has its own shift.
       x = nn.Conv(width, (3, 3), use_bias=False)(x)
-      x = norm_act(nn.max_pool(x, (2, 2), (2, 2)))
+      x = norm_act(max_pool(x, 2))
       x = norm_act(nn.Conv(width, (3, 3), use_bias=False)(x))
     x = jnp.max(x, axis=(1, 2))
     return _mirror_mean(_head(x, self.hidden, self.num_classes, self.dropout, train),
