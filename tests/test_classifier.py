@@ -127,3 +127,7 @@ def test_max_pool_matches_flax_values_and_gradients_bit_for_bit(shape, window):
   assert np.sum(np.asarray(x)[:, :shape[1] // window * window] == 0) > 10  # ties
   np.testing.assert_array_equal(ours, theirs)
   assert np.count_nonzero(ours) == weights.size  # one position per tile
+  # Forward mode too (a JVP rule, not only a VJP).
+  tangent = jax.random.normal(jax.random.PRNGKey(2), shape)
+  np.testing.assert_array_equal(jax.jvp(ours_loss, (x,), (tangent,))[1],
+                                jax.jvp(flax_loss, (x,), (tangent,))[1])
