@@ -460,14 +460,12 @@ def main() -> None:
   args = parser.parse_args()
   for name in torch_vae.config_names(args.config):
     r = check(torch_vae.get_config(name, args.set), args.steps, tol=args.tol)
+    stats = (torch_vae.diffs_text(r, [("batch statistics", "stats")]) if "stats_abs" in r
+             else "batch statistics none (no batch norm)")
     print(f"{name} (float64): OK over {args.steps} steps (loss {r['loss']:.4f}); "
-          f"augmented pixels identical; max abs (relative) differences: lr "
-          f"schedule {r['lr_abs']:.2e} ({r['lr_rel']:.2e}), metrics "
-          f"{r['metric_abs']:.2e} ({r['metric_rel']:.2e}), grads {r['grad_abs']:.2e} "
-          f"({r['grad_rel']:.2e}), params after the steps {r['param_abs']:.2e} "
-          f"({r['param_rel']:.2e}), batch statistics "
-          + (f"{r['stats_abs']:.2e} ({r['stats_rel']:.2e})" if "stats_abs" in r
-             else "none (no batch norm)"), flush=True)
+          "augmented pixels identical; max abs (relative) differences: "
+          + torch_vae.diffs_text(r, (("lr schedule", "lr"), *torch_vae.STEP_DIFFS))
+          + f", {stats}", flush=True)
 
 
 if __name__ == "__main__":

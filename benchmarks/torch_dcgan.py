@@ -886,13 +886,11 @@ def check_main(argv: list[str]) -> None:
               dtype=args.dtype)
     print(f"{name} ({args.dtype}): OK over {args.steps} steps (disc_loss "
           f"{r['disc_loss']:.4f}, gen_loss {r['gen_loss']:.4f}; EMA averaging in "
-          f"{r['ema_steps']} of them); max abs (relative) differences: lr schedules "
-          f"{r['lr_abs']:.2e} ({r['lr_rel']:.2e}), metrics {r['metric_abs']:.2e} "
-          f"({r['metric_rel']:.2e}), grads {r['grad_abs']:.2e} ({r['grad_rel']:.2e}), "
-          f"params after the steps {r['param_abs']:.2e} ({r['param_rel']:.2e}), "
-          f"statistics {r['stat_abs']:.2e} ({r['stat_rel']:.2e}), EMA params "
-          f"{r['ema_abs']:.2e} ({r['ema_rel']:.2e}), samples {r['sample_abs']:.2e} "
-          f"({r['sample_rel']:.2e}) [{time.perf_counter() - start:.0f}s]", flush=True)
+          f"{r['ema_steps']} of them); max abs (relative) differences: "
+          + torch_vae.diffs_text(r, (("lr schedules", "lr"), *torch_vae.STEP_DIFFS,
+                                     ("statistics", "stat"), ("EMA params", "ema"),
+                                     ("samples", "sample")))
+          + f" [{time.perf_counter() - start:.0f}s]", flush=True)
 
 
 # --- training for a wall-clock budget ---------------------------------------------

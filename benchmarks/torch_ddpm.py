@@ -451,11 +451,9 @@ def main() -> None:
   for name in torch_vae.config_names(args.config):
     r = check(torch_vae.get_config(name, args.set), args.steps, tol=args.tol)
     print(f"{name} (float64, dropout 0): OK over {args.steps} steps (loss "
-          f"{r['loss']:.4f}); max abs (relative) differences: metrics "
-          f"{r['metric_abs']:.2e} ({r['metric_rel']:.2e}), grads {r['grad_abs']:.2e} "
-          f"({r['grad_rel']:.2e}), params after the steps {r['param_abs']:.2e} "
-          f"({r['param_rel']:.2e}), EMA params {r['ema_abs']:.2e} ({r['ema_rel']:.2e}); "
-          f"the twin's own float32 time embedding vs jaxgen's: {r['embedding_abs']:.1e}",
+          f"{r['loss']:.4f}); max abs (relative) differences: "
+          + torch_vae.diffs_text(r, (*torch_vae.STEP_DIFFS, ("EMA params", "ema")))
+          + f"; the twin's own float32 time embedding vs jaxgen's: {r['embedding_abs']:.1e}",
           flush=True)
 
 

@@ -923,6 +923,18 @@ def step_both(result: dict[str, float], twin: Any, ours: dict[str, Any],
   return state, metrics
 
 
+# The differences every check prints, as (label, result kind).
+STEP_DIFFS = (("metrics", "metric"), ("grads", "grad"),
+              ("params after the steps", "param"))
+
+
+def diffs_text(result: dict[str, float], labelled_kinds) -> str:
+  """"metrics 1.2e-15 (3.4e-16), grads ...": each (label, kind)'s max abs
+  and relative difference from a check's result."""
+  return ", ".join(f"{label} {result[kind + '_abs']:.2e} ({result[kind + '_rel']:.2e})"
+                   for label, kind in labelled_kinds)
+
+
 def assert_within(result: dict[str, float], kinds: tuple[str, ...], tol: float
                   ) -> None:
   for kind in kinds:
@@ -1154,11 +1166,9 @@ def main() -> None:
   for name in config_names(args.config):
     r = check(get_config(name, args.set), args.steps, tol=args.tol, dtype=args.dtype)
     print(f"{name} ({args.dtype}): OK over {args.steps} steps (loss "
-          f"{r['loss']:.4f}); max abs (relative) differences: lr schedule "
-          f"{r['lr_abs']:.2e} ({r['lr_rel']:.2e}), metrics {r['metric_abs']:.2e} "
-          f"({r['metric_rel']:.2e}), grads {r['grad_abs']:.2e} ({r['grad_rel']:.2e}), "
-          f"params after the steps {r['param_abs']:.2e} ({r['param_rel']:.2e})"
-          + (f"; raster decode {r['decode_abs']:.2e} ({r['decode_rel']:.2e}); draws: "
+          f"{r['loss']:.4f}); max abs (relative) differences: "
+          + diffs_text(r, (("lr schedule", "lr"), *STEP_DIFFS))
+          + (f"; {diffs_text(r, [('raster decode', 'decode')])}; draws: "
              f"z of their means max {r['draw_max_z']:.2f}, mean square "
              f"{r['draw_mean_z2']:.3f}" if "decode_abs" in r else ""),
           flush=True)
