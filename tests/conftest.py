@@ -86,6 +86,18 @@ def smoke_classifier(mnist, tmp_path_factory):
   return result
 
 
+def all_equations(jaxpr):
+  """A jaxpr's equations and, depth first, those of the jaxprs inside them
+  (custom derivative rules, platform-dependent branches, scans)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      for inner in param if isinstance(param, (tuple, list)) else (param,):
+        inner = getattr(inner, "jaxpr", inner)   # a ClosedJaxpr's Jaxpr
+        if hasattr(inner, "eqns"):
+          yield from all_equations(inner)
+
+
 def check_bfloat16_compute(net32, net16, variables, *args, **kwargs) -> None:
   """net16 is net32 with bfloat16 compute: on the same float32 variables its
   output is float32, close to net32's and not equal to it (bfloat16 keeps 8
@@ -98,8 +110,8 @@ def check_bfloat16_compute(net32, net16, variables, *args, **kwargs) -> None:
   assert out16.dtype == jnp.float32
   rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
   assert 1e-4 < rel < 3e-2, rel
-  products = [e for e in jax.make_jaxpr(
-      lambda v, *a: net16.apply(v, *a, **kwargs))(variables, *args).jaxpr.eqns
+  products = [e for e in all_equations(jax.make_jaxpr(
+      lambda v, *a: net16.apply(v, *a, **kwargs))(variables, *args).jaxpr)
               if e.primitive.name in ("conv_general_dilated", "dot_general")]
   assert products and all(v.aval.dtype == jnp.bfloat16
                           for e in products for v in e.invars)

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import (check_bfloat16_compute, check_step_is_deterministic_and_learns,
-                      set_overrides, setup_and_batch, with_first_test_images)
+from conftest import (all_equations, check_bfloat16_compute,
+                      check_step_is_deterministic_and_learns, set_overrides,
+                      setup_and_batch, with_first_test_images)
 from configs import glow_cifar10, glow_mnist, realnvp_cifar10, realnvp_mnist
 from jaxgen import configlib, evaluate, sharding, train
 from jaxgen.models import count_params
@@ -212,14 +213,14 @@ def test_bfloat16_flow_keeps_its_bijections_in_float32():
                               steps_per_level=2, width=8, dtype=jnp.bfloat16)
   y_BHWC = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 2))
   params = model.init(jax.random.PRNGKey(1), y_BHWC, method=model.forward)
-  jaxpr = jax.make_jaxpr(lambda p, y: model.apply(p, y, method=model.forward))(
-      params, y_BHWC).jaxpr
-  convs = [e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+  equations = list(all_equations(jax.make_jaxpr(
+      lambda p, y: model.apply(p, y, method=model.forward))(params, y_BHWC).jaxpr))
+  convs = [e for e in equations if e.primitive.name == "conv_general_dilated"]
   # Couplings (3 convs each) and the split prior compute in bfloat16; the 1x1
   # convolutions (matmuls) and the log-determinant in float32.
   assert len(convs) == 3 * 4 + 1
   assert all(v.aval.dtype == jnp.bfloat16 for e in convs for v in e.invars)
-  matmuls = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+  matmuls = [e for e in equations if e.primitive.name == "dot_general"]
   assert matmuls and all(v.aval.dtype == jnp.float32
                          for e in matmuls for v in e.invars)
   eps_BD, logdet_B = model.apply(params, y_BHWC, method=model.forward)

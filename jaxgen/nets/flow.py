@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgen.nets import at_least_float32
+from jaxgen.nets import Conv, at_least_float32
 from jaxgen.nets.conv import depth_to_space, space_to_depth
 
 # Glow's coupling scale sigmoid(h + 2): starts near 0.88 (close to identity with
@@ -111,9 +111,9 @@ class CouplingNet(nn.Module):
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-    h = nn.relu(nn.Conv(self.width, (3, 3), dtype=self.dtype)(x_BHWC))
-    h = nn.relu(nn.Conv(self.width, (1, 1), dtype=self.dtype)(h))
-    h = nn.Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros,
+    h = nn.relu(Conv(self.width, (3, 3), dtype=self.dtype)(x_BHWC))
+    h = nn.relu(Conv(self.width, (1, 1), dtype=self.dtype)(h))
+    h = Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros,
                 dtype=self.dtype)(h)
     return at_least_float32(h)
 
@@ -190,7 +190,7 @@ class SplitPrior(nn.Module):
     """Forward: x -> (kept, eps, logdet). Reverse: (kept, eps) -> x."""
     c = x_BHWC.shape[-1] if not reverse else 2 * x_BHWC.shape[-1]
     kept = x_BHWC[..., :c // 2]
-    h = at_least_float32(nn.Conv(c, (3, 3), kernel_init=nn.initializers.zeros,
+    h = at_least_float32(Conv(c, (3, 3), kernel_init=nn.initializers.zeros,
                                  dtype=self.dtype)(kept))
     mean, log_std = jnp.split(h, 2, axis=-1)
     if reverse:
@@ -221,7 +221,7 @@ class VariationalDequantizer(nn.Module):
   def __call__(self, image_BHWC: jax.Array, eps_BHWC: jax.Array
                ) -> tuple[jax.Array, jax.Array]:
     """image (pixels scaled to about [-0.5, 0.5]), eps -> (n, log q(n | x))."""
-    relu_conv = lambda h: nn.relu(nn.Conv(self.width, (3, 3), dtype=self.dtype)(h))
+    relu_conv = lambda h: nn.relu(Conv(self.width, (3, 3), dtype=self.dtype)(h))
     context = at_least_float32(relu_conv(relu_conv(space_to_depth(image_BHWC, 2))))
     h = space_to_depth(eps_BHWC, 2)
     logdet = jnp.zeros(eps_BHWC.shape[:1])
