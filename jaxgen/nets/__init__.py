@@ -215,5 +215,5 @@ def _conv_nhwc_jvp(pads, rule, precision, primals, tangents):
 
 def Conv(*args, **kwargs) -> nn.Conv:  # noqa: N802 (stands in for a class)
   """flax.linen.Conv computing with `conv_general_dilated` above: the same
-  module, parameters and values, with the faster CPU kernel derivative."""
+  module, parameters and function, with its matrix-product paths on CPU."""
   return nn.Conv(*args, conv_general_dilated=conv_general_dilated, **kwargs)

@@ -114,7 +114,7 @@ class CouplingNet(nn.Module):
     h = nn.relu(Conv(self.width, (3, 3), dtype=self.dtype)(x_BHWC))
     h = nn.relu(Conv(self.width, (1, 1), dtype=self.dtype)(h))
     h = Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros,
-                dtype=self.dtype)(h)
+             dtype=self.dtype)(h)
     return at_least_float32(h)
 
 
@@ -191,7 +191,7 @@ class SplitPrior(nn.Module):
     c = x_BHWC.shape[-1] if not reverse else 2 * x_BHWC.shape[-1]
     kept = x_BHWC[..., :c // 2]
     h = at_least_float32(Conv(c, (3, 3), kernel_init=nn.initializers.zeros,
-                                 dtype=self.dtype)(kept))
+                              dtype=self.dtype)(kept))
     mean, log_std = jnp.split(h, 2, axis=-1)
     if reverse:
       return jnp.concatenate([kept, mean + jnp.exp(log_std) * eps_BHWC], -1)
