@@ -158,26 +158,26 @@ def _pointwise_conv(x_BHWC, kernel_HWIO, pads, precision):
   return jnp.einsum("bhwc,cd->bhwd", x_BHWC, kernel_HWIO[0, 0], precision=precision)
 
 
+def _windows(x_BHWC, kernel_shape, pads) -> list[jax.Array]:
+  """The kh*kw shifted windows of the padded map that a stride-1 convolution
+  reads, one per kernel tap (i, j) in row-major order, each output-sized."""
+  kh, kw = kernel_shape[:2]
+  padded = jnp.pad(x_BHWC, ((0, 0), *pads, (0, 0)))
+  out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+  return [padded[:, i:i + out_h, j:j + out_w] for i in range(kh) for j in range(kw)]
+
+
 def _taps_conv(x_BHWC, kernel_HWIO, pads, precision):
   kh, kw, c_in, c_out = kernel_HWIO.shape
   per_tap = kernel_HWIO.transpose(2, 0, 1, 3).reshape(c_in, kh * kw * c_out)
   taps = jnp.einsum("bhwc,cd->bhwd", x_BHWC, per_tap, precision=precision)
-  taps = jnp.pad(taps, ((0, 0), *pads, (0, 0)))
-  out_h, out_w = taps.shape[1] - kh + 1, taps.shape[2] - kw + 1
-  out = 0
-  for i in range(kh):
-    for j in range(kw):
-      first = (i * kw + j) * c_out
-      out = out + taps[:, i:i + out_h, j:j + out_w, first:first + c_out]
-  return out
+  return sum(window[..., tap * c_out:(tap + 1) * c_out]
+             for tap, window in enumerate(_windows(taps, kernel_HWIO.shape, pads)))
 
 
 def _patches_conv(x_BHWC, kernel_HWIO, pads, precision):
   kh, kw, c_in, c_out = kernel_HWIO.shape
-  padded = jnp.pad(x_BHWC, ((0, 0), *pads, (0, 0)))
-  out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
-  patches = jnp.concatenate([padded[:, i:i + out_h, j:j + out_w]
-                             for i in range(kh) for j in range(kw)], -1)
+  patches = jnp.concatenate(_windows(x_BHWC, kernel_HWIO.shape, pads), -1)
   return jnp.einsum("bhwc,cd->bhwd", patches,
                     kernel_HWIO.reshape(kh * kw * c_in, c_out), precision=precision)
 
