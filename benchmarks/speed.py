@@ -255,12 +255,21 @@ def seconds_per_step(run, steps: int) -> float:
 def machine(torch_device: str) -> str:
   cpu = platform.processor() or platform.machine()
   try:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
   except OSError:
-    pass
+    cpuinfo = []
+  for line in cpuinfo:
+    if line.startswith("model name"):
+      cpu = line.split(":", 1)[1].strip()
+      break
+  # The same model name ("AMD EPYC") has come with and without AVX-512, which
+  # moves both sides' times by up to 2x, so the widest vector unit is named.
+  flags = next((line.split(":", 1)[1].split() for line in cpuinfo
+                if line.startswith("flags")), [])
+  for flag, isa in (("avx512f", "AVX-512"), ("avx2", "AVX2")):
+    if flag in flags:
+      cpu = f"{cpu}, {isa}"
+      break
   jax_device = jax.devices()[0]
   torch_on = (f"{torch.cuda.get_device_name()}, TF32 matmuls and convolutions"
               if torch_device == "cuda" else f"{torch.get_num_threads()} threads")
@@ -456,8 +465,18 @@ def main() -> None:
     # default; PyTorch does so only for convolutions unless asked.
     torch.set_float32_matmul_precision("high")
   arms = ["PyTorch"] + (["torch.compile"] if args.torch_compile else [])
+  names = torch_vae.config_names(args.configs)
+  if not args.memory_only:
+    # Checked before any config is timed, not when the run reaches it an hour in.
+    uneven = {name: k for name in names
+              if args.steps % (k := torch_vae.get_config(
+                  name, args.set).train.steps_per_dispatch)}
+    if uneven:
+      parser.error(f"--steps={args.steps} is not a multiple of these configs' "
+                   f"train.steps_per_dispatch: {uneven}; use a common multiple "
+                   "(e.g. 16) or --set train.steps_per_dispatch=1")
   rows, sample_rows = [], []
-  for name in torch_vae.config_names(args.configs):
+  for name in names:
     row, per_second = measure(name, args, arms, torch_device)
     rows.append(row)
     if per_second:
