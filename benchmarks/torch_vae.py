@@ -482,7 +482,9 @@ def logistic_mixture_nll_nats(out_BPHW: torch.Tensor, x01_BCHW: torch.Tensor,
                               k: int) -> torch.Tensor:
   """-log p(x) per image [B] under jaxgen's discretized logistic mixture
   (jaxgen/likelihoods.py: logistic_mixture_log_probs): the same
-  parameterisation, edge bins at 0 and 255, underflow guard and clamps."""
+  parameterisation, edge bins at 0 and 255, clamp, and the same log-space
+  form of an inner bin's mass; autograd differentiates it (jaxgen writes
+  the gradient out, which gives the same numbers: tests/test_likelihoods.py)."""
   channels = x01_BCHW.shape[1]
   logits, means, log_scales, coeffs = split_mixture(out_BPHW, channels, k)
   # [-1, 1] in the pixels' dtype, then the params', as the encoder does.
@@ -490,19 +492,14 @@ def logistic_mixture_nll_nats(out_BPHW: torch.Tensor, x01_BCHW: torch.Tensor,
   coupled, _ = couple(list(means.unbind(1)), coeffs, lambda c, _: x_C1[:, c])
   centered = x_C1 - torch.stack(coupled, 1)
   inv_scale = torch.exp(-log_scales)
-  plus_in = inv_scale * (centered + HALF_BIN)
-  min_in = inv_scale * (centered - HALF_BIN)
-  log_cdf_plus = plus_in - softplus(plus_in)            # value 0
-  log_one_minus_cdf_min = -softplus(min_in)             # value 255
-  cdf_delta = torch.sigmoid(plus_in) - torch.sigmoid(min_in)
-  mid_in = inv_scale * centered
-  log_pdf_mid = mid_in - log_scales - 2.0 * softplus(mid_in)
-  log_prob_inner = torch.where(cdf_delta > 1e-5,
-                               torch.log(torch.clamp(cdf_delta, min=1e-12)),
-                               log_pdf_mid - math.log(127.5))
-  log_prob = torch.where(x_C1 < -0.999, log_cdf_plus,
-                         torch.where(x_C1 > 0.999, log_one_minus_cdf_min,
-                                     log_prob_inner))
+  softplus_neg_plus = softplus(-inv_scale * (centered + HALF_BIN))
+  softplus_min = softplus(inv_scale * (centered - HALF_BIN))
+  # sigmoid(plus) - sigmoid(min) = sigmoid(plus) (1 - sigmoid(min)) (1 - exp(-(plus - min))).
+  log_bin_width = torch.log(-torch.expm1(-2.0 * HALF_BIN * inv_scale))
+  log_prob = torch.where(x_C1 < -0.999, -softplus_neg_plus,
+                         torch.where(x_C1 > 0.999, -softplus_min,
+                                     log_bin_width - softplus_neg_plus
+                                     - softplus_min))
   log_prob_K = log_prob.sum(1) + torch.log_softmax(logits, 1)   # [B, K, H, W]
   return -torch.logsumexp(log_prob_K, 1).sum((1, 2))
 

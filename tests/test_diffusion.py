@@ -3,8 +3,10 @@ DDIM against DDPM, exact reconstruction from the true noise, the discrete
 decoder, the bound's estimator, each config's step, eval outputs, bad configs."""
 
 import json
+import math
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from configs import ddpm_cifar10, ddpm_mnist
 from jaxgen import configlib, evaluate, likelihoods, sharding, train
 from jaxgen.models import count_params
 from jaxgen.models import diffusion as dm
-from jaxgen.nets.unet import UNet
+from jaxgen.nets.unet import AttentionBlock, UNet
 
 T = 50
 
@@ -198,6 +200,42 @@ def test_bfloat16_compute_keeps_float32_params_and_output():
   params = net16.init(jax.random.PRNGKey(1), x, t)
   params = jax.tree.map(lambda p: p + 0.05, params)  # off the zero output conv
   check_bfloat16_compute(net32, net16, params, x, t)
+
+
+class FlaxDenseAttentionBlock(nn.Module):
+  """The attention block as first written, with one nn.Dense for q, k and v
+  (QKVProjection replaced it for speed)."""
+
+  @nn.compact
+  def __call__(self, x_BHWC):
+    b, h, w, c = x_BHWC.shape
+    normed = nn.GroupNorm(num_groups=math.gcd(min(32, max(c // 4, 1)), c))(x_BHWC)
+    qkv = nn.Dense(3 * c)(normed).reshape(b, h * w, 3, c)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    weights = jax.nn.softmax(jnp.einsum("bqc,bkc->bqk", q, k) / math.sqrt(c), -1)
+    out = jnp.einsum("bqk,bkc->bqc", weights, v).reshape(b, h, w, c)
+    return x_BHWC + nn.Dense(c, kernel_init=nn.initializers.zeros)(out)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 4, 8), (2, 8, 8, 64)])
+def test_attention_projection_matches_flax_dense(shape):
+  """The attention block's QKVProjection is the nn.Dense it replaced in
+  parameters (names, shapes, initial values: old checkpoints load) and in
+  outputs and gradients."""
+  x = 3.0 * jax.random.normal(jax.random.PRNGKey(0), shape) + 1.0
+  ours, flax_dense = AttentionBlock(), FlaxDenseAttentionBlock()
+  params = ours.init(jax.random.PRNGKey(1), x)
+  jax.tree.map(np.testing.assert_array_equal, params,
+               flax_dense.init(jax.random.PRNGKey(1), x))
+  params = jax.tree.map(
+      lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
+  np.testing.assert_allclose(ours.apply(params, x), flax_dense.apply(params, x),
+                             atol=2e-5)
+  loss = lambda m: lambda p, x: jnp.sum(jnp.cos(m.apply(p, x)))
+  got = jax.grad(loss(ours), (0, 1))(params, x)
+  want = jax.grad(loss(flax_dense), (0, 1))(params, x)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(
+      g, w, atol=2e-5 * float(np.max(np.abs(w)))), got, want)
 
 
 def test_bfloat16_step_is_deterministic_and_learns(mnist, tmp_path):

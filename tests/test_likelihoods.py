@@ -28,7 +28,7 @@ def test_discretized_logistic_sums_to_one_over_a_grey_pixel(seed):
   log_p = likelihoods.logistic_mixture_log_probs(
       jnp.broadcast_to(out, (1, 256, 1, out.size)), x, 1, k)
   total = np.sum(np.exp(np.asarray(log_p, np.float64)))
-  np.testing.assert_allclose(total, 1.0, atol=2e-5)
+  np.testing.assert_allclose(total, 1.0, atol=1e-6)
 
 
 def test_discretized_logistic_sums_to_one_over_all_colours():
@@ -47,6 +47,73 @@ def test_discretized_logistic_sums_to_one_over_all_colours():
   per_red = jax.lax.map(mass_for_red, ALL_VALUES_01)
   np.testing.assert_allclose(np.sum(np.asarray(per_red, np.float64)), 1.0,
                              atol=1e-4)
+
+
+def plain_mixture_log_probs(out, x01, channels, k):
+  """PixelCNN++'s formula as published (channels last, a difference of
+  sigmoids), for autodiff to check the closed-form gradient against."""
+  lead = out.shape[:-1]
+  logits = out[..., :k]
+  means = out[..., k:k + channels * k].reshape(*lead, channels, k)
+  log_scales = jnp.maximum(
+      out[..., k + channels * k:k + 2 * channels * k].reshape(*lead, channels, k),
+      -7.0)
+  coeffs = jnp.tanh(out[..., k + 2 * channels * k:].reshape(*lead, -1, k))
+  x = (x01 * 2 - 1)[..., None]
+  coupled, index = [], 0
+  for c in range(channels):
+    mean = means[..., c, :]
+    for j in range(c):
+      mean = mean + coeffs[..., index, :] * x[..., j, :]
+      index += 1
+    coupled.append(mean)
+  centered = x - jnp.stack(coupled, -2)
+  plus = jnp.exp(-log_scales) * (centered + 1 / 255)
+  minus = jnp.exp(-log_scales) * (centered - 1 / 255)
+  # Upper tails above the mean: float64 keeps either form exact here.
+  mass = jnp.where(centered > 0,
+                   jax.nn.sigmoid(-minus) - jax.nn.sigmoid(-plus),
+                   jax.nn.sigmoid(plus) - jax.nn.sigmoid(minus))
+  log_prob = jnp.where(x < -0.999, jax.nn.log_sigmoid(plus),
+                       jnp.where(x > 0.999, jax.nn.log_sigmoid(-minus),
+                                 jnp.log(mass)))
+  return jax.nn.logsumexp(log_prob.sum(-2) + jax.nn.log_softmax(logits, -1), -1)
+
+
+@pytest.mark.parametrize("channels,k", [(1, 3), (3, 5)])
+def test_logistic_mixture_gradient_matches_autodiff_of_the_plain_formula(
+    channels, k):
+  """The likelihood's gradient is written out by hand (for speed); it must be
+  autodiff's of the published formula, for the decoder's outputs (every
+  block: logits, means, log-scales at and above their floor, couplings) and
+  for the pixels, in reverse and forward mode."""
+  with jax.enable_x64(True):
+    key_out, key_x, key_t, key_w = jax.random.split(jax.random.PRNGKey(channels), 4)
+    p = likelihoods.logistic_mixture_channels(channels, k)
+    out = jax.random.normal(key_out, (2, 4, 5, p), jnp.float64)
+    x01 = jax.random.randint(key_x, (2, 4, 5, channels), 0, 256) / 255.0
+    x01 = x01.at[0, 0, 0].set(0.0).at[0, 0, 1].set(1.0)   # the edge bins
+    # Means near the pixels (no bin's mass underflows the plain formula),
+    # log-scales spread so some sit below the -7 floor.
+    out = out.at[..., k:k + channels * k].set(
+        jnp.repeat(x01 * 2 - 1, k, -1) + 0.2 * out[..., k:k + channels * k])
+    out = out.at[..., k + channels * k:k + 2 * channels * k].multiply(3.0)
+    assert jnp.any(out[..., k + channels * k:k + 2 * channels * k] < -7.0)
+    weights = jax.random.normal(key_w, (2, 4, 5), jnp.float64)
+
+    def weighted(log_probs):
+      return lambda o, x: jnp.sum(weights * log_probs(o, x, channels, k))
+
+    ours = weighted(likelihoods.logistic_mixture_log_probs)
+    plain = weighted(plain_mixture_log_probs)
+    np.testing.assert_allclose(ours(out, x01), plain(out, x01), rtol=1e-12)
+    for got, want in zip(jax.grad(ours, (0, 1))(out, x01),
+                         jax.grad(plain, (0, 1))(out, x01)):
+      np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    tangent = jax.random.normal(key_t, out.shape, jnp.float64)
+    np.testing.assert_allclose(
+        jax.jvp(lambda o: ours(o, x01), (out,), (tangent,))[1],
+        jax.jvp(lambda o: plain(o, x01), (out,), (tangent,))[1], rtol=1e-9)
 
 
 def test_logistic_mixture_mean_matches_samples():

@@ -51,6 +51,29 @@ def _group_norm(width: int, dtype: Any) -> nn.GroupNorm:
   return nn.GroupNorm(num_groups=groups, dtype=dtype)
 
 
+class QKVProjection(nn.Module):
+  """nn.Dense(3 * features) split into query, key and value, with that
+  layer's parameters (kernel [in, 3 features], bias [3 features]), computed
+  as three products with the kernel's column blocks. Why: slicing one
+  product's output makes its gradient three zero-padded copies summed and
+  then transposed for the kernel's gradient, one fused loop that XLA's CPU
+  runs slowly (the attention block at [64, 8, 8, 128], forward and
+  backward, 2 cores: 57 ms, 14 of them in that loop; 20 ms written this
+  way; `ddpm_mnist`'s whole step about 7% shorter)."""
+  features: int
+  dtype: Any = None  # compute dtype (None: the params'; jaxgen.nets)
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    c = self.features
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (x.shape[-1], 3 * c), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (3 * c,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return tuple(jnp.dot(x, kernel[:, i * c:(i + 1) * c]) + bias[i * c:(i + 1) * c]
+                 for i in range(3))
+
+
 class ResnetBlock(nn.Module):
   """GroupNorm-swish-conv, + the projected time embedding, GroupNorm-swish-
   dropout-conv, with a 1x1 skip projection when the width changes."""
@@ -81,12 +104,14 @@ class AttentionBlock(nn.Module):
   def __call__(self, x_BHWC):
     b, h, w, c = x_BHWC.shape
     dt = self.dtype
-    qkv = nn.Dense(3 * c, dtype=dt)(_group_norm(c, dt)(x_BHWC)).reshape(b, h * w, 3, c)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    # Named as the nn.Dense layers they replace were, so checkpoints load.
+    q, k, v = QKVProjection(c, dt, name="Dense_0")(
+        _group_norm(c, dt)(x_BHWC).reshape(b, h * w, c))
     logits = at_least_float32(jnp.einsum("bqc,bkc->bqk", q, k)) / math.sqrt(c)
     weights = jax.nn.softmax(logits, -1).astype(q.dtype)
     out = jnp.einsum("bqk,bkc->bqc", weights, v).reshape(b, h, w, c)
-    return x_BHWC + nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=dt)(out)
+    return x_BHWC + nn.Dense(c, kernel_init=nn.initializers.zeros, dtype=dt,
+                             name="Dense_1")(out)
 
 
 class UNet(nn.Module):
