@@ -222,8 +222,8 @@ def _log_probs_and_grads(out_P, x_C, channels: int, k: int, with_grads: bool):
   # An inner bin's mass, sigmoid(plus) - sigmoid(min), factored as
   # sigmoid(plus) (1 - sigmoid(min)) (1 - exp(-(plus - min))): exact in log
   # space wherever the bin sits (no cancellation between two cdfs near 1),
-  # so no underflow guard is needed, and two softplus terms shared with the
-  # edge bins are all the transcendentals per value.
+  # so no underflow guard is needed; its two softplus terms are the edge
+  # bins' own, and the width term depends on the scale alone.
   expm1_width = jnp.expm1(-2.0 * _HALF_BIN * inv_scale)
   bottom, top = x_C1 < -0.999, x_C1 > 0.999          # values 0 and 255
   log_prob = jnp.where(bottom, -softplus_neg_plus,

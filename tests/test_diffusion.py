@@ -17,7 +17,7 @@ from configs import ddpm_cifar10, ddpm_mnist
 from jaxgen import configlib, evaluate, likelihoods, sharding, train
 from jaxgen.models import count_params
 from jaxgen.models import diffusion as dm
-from jaxgen.nets.unet import AttentionBlock, UNet
+from jaxgen.nets.unet import AttentionBlock, UNet, _group_norm
 
 T = 50
 
@@ -209,7 +209,7 @@ class FlaxDenseAttentionBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BHWC):
     b, h, w, c = x_BHWC.shape
-    normed = nn.GroupNorm(num_groups=math.gcd(min(32, max(c // 4, 1)), c))(x_BHWC)
+    normed = _group_norm(c, None)(x_BHWC)
     qkv = nn.Dense(3 * c)(normed).reshape(b, h * w, 3, c)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     weights = jax.nn.softmax(jnp.einsum("bqc,bkc->bqk", q, k) / math.sqrt(c), -1)
