@@ -7,6 +7,7 @@
     python benchmarks/speed.py --steps=50 --torch_compile    # on a GPU machine
     python benchmarks/speed.py --configs=ddpm_cifar10:paper --set model.compute_dtype=bfloat16
     python benchmarks/speed.py --configs=vae_mnist:smoke --set train.steps_per_dispatch=8
+    python benchmarks/speed.py --configs=dcgan_cifar10 --set model.gen_norm=none   # ablation
     python benchmarks/speed.py --memory_only         # memory alone, minutes
 
 For each config: jaxgen's compile time, then `--repeats` rounds that alternate
@@ -14,7 +15,9 @@ A/B (jaxgen `--steps` steps, then PyTorch `--steps` steps of the identical
 network, loss and optimizer; then `--sample_calls` calls of each side's
 sample() at `--sample_batch` images), after warm-up; the tables give medians
 over the rounds, the ratio jaxgen/PyTorch in steps (images) per second (> 1:
-jaxgen faster), and are written to benchmarks/RESULTS.md with the machine it
+jaxgen faster), for train steps also the lowest and highest ratio of a single
+round (this spread, not the last digit, says how far a ratio can be trusted
+on a shared or noisy machine), and are written to benchmarks/RESULTS.md with the machine it
 ran on. Random uint8
 batches of the config's batch size: the data pipeline is not timed.
 
@@ -26,7 +29,10 @@ allocator's peak; CPU: the running sum of a torch.profiler trace's per-op
 allocations).
 
 A config without a twin (one given by `--configs` outside the list below)
-gets jaxgen's numbers alone. jaxgen's TFLOP/s is XLA's operation count of the step over its
+gets jaxgen's numbers alone. `--set` overrides apply to both sides, so the
+same change to the network times as an ablation of jaxgen and its twin
+together; a setting a twin does not build (bfloat16 compute, say) times
+jaxgen alone and prints why. jaxgen's TFLOP/s is XLA's operation count of the step over its
 time. Where torch sees a GPU, the twins run on it in TF32 (as XLA runs float32
 there), `--torch_compile` adds a column for them with torch.compile'd networks,
 and the table goes to benchmarks/RESULTS_gpu.md. On CPU jaxgen runs with the
@@ -83,7 +89,7 @@ import torch_ddpm  # pylint: disable=g-import-not-at-top
 import torch_flow  # pylint: disable=g-import-not-at-top
 import torch_vae  # pylint: disable=g-import-not-at-top
 from jaxgen import data, train  # pylint: disable=g-import-not-at-top
-from jaxgen.models import make_family  # pylint: disable=g-import-not-at-top
+from jaxgen.models import count_params, make_family  # pylint: disable=g-import-not-at-top
 
 
 def step_flops(lowered) -> float | None:
@@ -140,6 +146,7 @@ class JaxgenStepper:
   steps_per_dispatch: int
   flops_per_step: float | None
   buffer_bytes: int | None
+  num_params: int = 0
 
 
 def jaxgen_stepper(name: str, overrides: list[str], sample_batch: int
@@ -179,7 +186,7 @@ def jaxgen_stepper(name: str, overrides: list[str], sample_batch: int
   flops = step_flops(lowered)
   flops = flops / k if flops else flops
   stepper = JaxgenStepper(run, None, compile_seconds, b, k, flops,
-                          step_buffer_bytes(step))
+                          step_buffer_bytes(step), count_params(state.params))
   if family.sample is None or sample_batch <= 0:
     return stepper
   draw = jax.jit(lambda state, key: family.sample(state, key, sample_batch))
@@ -198,12 +205,14 @@ def torch_sync(x: torch.Tensor) -> None:
 
 
 def config_twin_stepper(name: str, device: str, compile_nets: bool,
-                        sample_batch: int):
+                        sample_batch: int, overrides: list[str] = ()):
   """(train-step runner, sampling runner or None) of a twin built from the
-  jaxgen config: GANs, autoencoders, flows, diffusion, classifiers (no
-  sampler). Sampling is each family's sample(): for a GAN the EMA generator
-  with standing statistics where the config has an EMA, else G in eval mode."""
-  config = torch_vae.get_config(name)
+  jaxgen config with `overrides` ("model.disc_norm=none"): GANs,
+  autoencoders, flows, diffusion, classifiers (no sampler). Sampling is each
+  family's sample(): for a GAN the EMA generator with standing statistics
+  where the config has an EMA, else G in eval mode. A setting the twin does
+  not build raises ValueError naming it."""
+  config = torch_vae.get_config(name, overrides)
   spec = data.SPECS[config.data.name]
   batch = torch_vae.random_batch(spec, config.train.batch_size)
   images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(device)
@@ -230,7 +239,12 @@ def config_twin_stepper(name: str, device: str, compile_nets: bool,
       samples = twin.sample(sample_batch)
     torch_sync(samples)
 
-  return run, sample_run if getattr(twin, "variational", True) else None
+  if hasattr(twin, "param_count"):
+    num_params = twin.param_count()
+  else:
+    trained = getattr(twin, "params", None) or [*twin.gen_params, *twin.disc_params]
+    num_params = sum(p.numel() for p in trained)
+  return run, sample_run if getattr(twin, "variational", True) else None, num_params
 
 
 # The one override that keeps the network (and so the twin comparison): k train
@@ -290,6 +304,10 @@ class Row:
   flops_per_step: float | None
   ms: dict[str, float]
   mib: dict[str, float]
+  # Per twin arm, each A/B round's jaxgen/twin speed: the two sides of a
+  # round run back to back, so its spread is the machine's drift that a
+  # single ratio of medians hides.
+  round_ratios: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
 
 def twin_name(name: str) -> str:
@@ -305,18 +323,28 @@ def measure(name: str, args: argparse.Namespace, arms: list[str],
             torch_device: str) -> tuple[Row, dict[str, float]]:
   """One config: (its train-step row, images/s of sample() per side)."""
   jaxgen = jaxgen_stepper(name, args.set, args.sample_batch)
-  # Configs without a twin get jaxgen's numbers alone, as do overrides of the
-  # network, which the twins do not follow. Sampling: jaxgen vs eager PyTorch.
-  twin_stepper = (TWINS.get(twin_name(name))
-                  if all(item.startswith(DISPATCH_KEY + "=") for item in args.set)
-                  else None)
+  # Configs without a twin get jaxgen's numbers alone. The twins follow --set
+  # (the same network changed on both sides: an ablation), except where a
+  # twin does not build the setting (e.g. bfloat16): then jaxgen runs alone,
+  # and the run says why. Sampling: jaxgen vs eager PyTorch.
+  twin_stepper = TWINS.get(twin_name(name))
+  twin_overrides = [item for item in args.set if not item.startswith(DISPATCH_KEY + "=")]
+  if twin_stepper:
+    twin_stepper = functools.partial(twin_stepper, overrides=twin_overrides)
   mib = {}
   if jaxgen.buffer_bytes is not None:
     mib["jaxgen"] = jaxgen.buffer_bytes / 2**20
   if twin_stepper:
     # A twin of its own, built and dropped before the timed ones exist.
     build_and_step = lambda: twin_stepper(name, torch_device, False, 0)[0](2)
-    mib["PyTorch"] = twin_peak_bytes(build_and_step, torch_device) / 2**20
+    try:
+      mib["PyTorch"] = twin_peak_bytes(build_and_step, torch_device) / 2**20
+    except ValueError as refused:
+      if not twin_overrides:
+        raise
+      print(f"{name}: no PyTorch twin with {' '.join(twin_overrides)}: {refused}",
+            flush=True)
+      twin_stepper = None
   row = Row(name, jaxgen.batch_size, jaxgen.steps_per_dispatch,
             jaxgen.compile_seconds, jaxgen.flops_per_step, {}, mib)
   print(f"{name}: " + ", ".join(f"{arm} {m:.1f} MiB" for arm, m in mib.items()),
@@ -326,8 +354,14 @@ def measure(name: str, args: argparse.Namespace, arms: list[str],
   runs, samplers = {"jaxgen": jaxgen.run}, {"jaxgen": jaxgen.sample_run}
   if twin_stepper:
     for arm in arms:
-      runs[arm], twin_sample = twin_stepper(name, torch_device,
-                                            arm == "torch.compile", args.sample_batch)
+      runs[arm], twin_sample, twin_params = twin_stepper(
+          name, torch_device, arm == "torch.compile", args.sample_batch)
+      # A cheap guard that both sides built one network, which matters most
+      # under --set: a twin that ignored an override would time another model.
+      if twin_params != jaxgen.num_params:
+        raise ValueError(f"{name}{' with ' + ' '.join(twin_overrides) if twin_overrides else ''}: "
+                         f"the twin has {twin_params:,} trained parameters, jaxgen "
+                         f"{jaxgen.num_params:,}; not the same network")
       if arm == "PyTorch" and args.sample_batch > 0:
         samplers[arm] = twin_sample
   samplers = {arm: run for arm, run in samplers.items() if run is not None}
@@ -343,8 +377,12 @@ def measure(name: str, args: argparse.Namespace, arms: list[str],
     for arm, run in samplers.items():
       sample_times[arm].append(seconds_per_step(run, args.sample_calls))
   row.ms = {arm: 1000 * statistics.median(t) for arm, t in times.items()}
+  row.round_ratios = {arm: [twin / ours for twin, ours in zip(t, times["jaxgen"])]
+                      for arm, t in times.items() if arm != "jaxgen"}
   print(f"{name}: " + ", ".join(
-      f"{arm} {t:.2f} ms/step" for arm, t in row.ms.items()), flush=True)
+      f"{arm} {t:.2f} ms/step" for arm, t in row.ms.items()) + "".join(
+          f"; jaxgen/{arm} per round {ratio_range(r)}"
+          for arm, r in row.round_ratios.items()), flush=True)
   per_second = {arm: args.sample_batch / statistics.median(t)
                 for arm, t in sample_times.items()}
   return row, per_second
@@ -358,6 +396,10 @@ MEMORY_NOTE = (
     "steps (on CPU summed from a torch.profiler trace's per-op allocations, "
     "on CUDA the allocator's peak). Neither counts the framework itself or "
     "XLA's compiler.")
+
+
+def ratio_range(ratios: list[float]) -> str:
+  return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
 def mib_cells(row: Row) -> str:
@@ -396,20 +438,24 @@ def render(args: argparse.Namespace, arms: list[str], torch_device: str,
       "",
       f"Machine: {machine(torch_device)}.",
       f"Run {datetime.date.today()}: `{command(args)}`; medians of the "
-      "A/B rounds after warm-up. TFLOP/s: XLA's operation count of jaxgen's "
+      "A/B rounds after warm-up; the ratio is of those medians, and 'per "
+      "round' gives the lowest and highest of each round's own ratio (the "
+      "two sides timed back to back), the spread a single ratio hides. "
+      "TFLOP/s: XLA's operation count of jaxgen's "
       f"step (its HLO before backend passes) over its time. {MEMORY_NOTE}",
       "",
       "| config | batch | jaxgen compile (s) | jaxgen ms/step | jaxgen img/s "
       "| jaxgen TFLOP/s | " + " | ".join(
-          f"{arm} ms/step | ratio (jaxgen/{arm} speed)" for arm in arms)
+          f"{arm} ms/step | ratio (jaxgen/{arm} speed) | per round" for arm in arms)
       + " | jaxgen MiB | PyTorch MiB |",
-      "|---|---|---|---|---|---|" + "---|---|" * len(arms) + "---|---|",
+      "|---|---|---|---|---|---|" + "---|---|---|" * len(arms) + "---|---|",
   ]
   for r in rows:
     jms = r.ms["jaxgen"]
     tflops = f"{r.flops_per_step / jms / 1e9:.2f}" if r.flops_per_step else "n/a"
-    cells = [f"{r.ms[arm]:.2f} | **{r.ms[arm] / jms:.2f}**" if arm in r.ms
-             else "no twin | " for arm in arms]
+    cells = [f"{r.ms[arm]:.2f} | **{r.ms[arm] / jms:.2f}** | "
+             f"{ratio_range(r.round_ratios[arm])}" if arm in r.ms
+             else "no twin | | " for arm in arms]
     lines.append(f"| {r.name} | {r.batch_size} | {r.compile_seconds:.1f} | {jms:.2f} "
                  f"| {1000 * r.batch_size / jms:.0f} | {tflops} | "
                  + " | ".join(cells) + f" | {mib_cells(r)} |")
@@ -437,9 +483,11 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=20, help="steps per round")
   parser.add_argument("--repeats", type=int, default=5, help="A/B rounds")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="config override for jaxgen's side, e.g. "
-                      "model.compute_dtype=bfloat16 (repeatable); the twins sit "
-                      f"out unless it is only {DISPATCH_KEY}, which keeps the network")
+                      help="config override, e.g. model.disc_norm=none "
+                      "(repeatable); the twins follow it (an ablation on both "
+                      f"sides), but for {DISPATCH_KEY}, which only jaxgen has, "
+                      "and settings a twin does not build (model.compute_dtype="
+                      "bfloat16), which time jaxgen alone")
   parser.add_argument("--sample_batch", type=int, default=1000,
                       help="images per sample() call (0: no sampling table)")
   parser.add_argument("--sample_calls", type=int, default=3,

@@ -263,6 +263,7 @@ class DiffusionTwin:
     m = config.model
     if m.family != "diffusion":
       raise ValueError(f"model.family={m.family!r}: the twin covers 'diffusion'")
+    torch_vae.require_float32(config)
     torch.manual_seed(seed)
     self.m = m
     self.num_classes = num_classes if m.conditional else 0

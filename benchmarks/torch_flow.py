@@ -296,6 +296,7 @@ class FlowTwin:
     m = config.model
     if m.family != "flow":
       raise ValueError(f"model.family={m.family!r}: the flow twin covers 'flow'")
+    torch_vae.require_float32(config)
     torch.manual_seed(seed)
     self.alpha = float(m.logit_alpha) if m.preprocess == "logit" else None
     self.temperature = float(m.temperature)
@@ -308,6 +309,14 @@ class FlowTwin:
     self.forward = torch.compile(self.flow) if compile_nets else self.flow
     self.opt, self.schedule = torch_vae.config_optimizer(config, self.params,
                                                          schedule_fn)
+
+  def param_count(self) -> int:
+    """Trained parameters, counted as jaxgen counts them: its LU 1x1 convs
+    keep their fixed permutation and signs among the params (behind a
+    stop_gradient), where the twin has buffers."""
+    fixed = sum(b.numel() for n, b in self.flow.named_buffers()
+                if n.rsplit(".", 1)[-1] in ("p", "sign_s"))
+    return sum(p.numel() for p in self.params) + fixed
 
   def dequantize(self, images_u8_BCHW: torch.Tensor) -> torch.Tensor:
     p = self.params[0]

@@ -27,9 +27,9 @@ or with the AR head draws from p(x | z) pixel by pixel in raster order
 (decode_sequential's loop as a PyTorch user writes it: one eager step per
 pixel, each on that pixel's k x k window of the canvas).
 Tensors are NCHW; a latent map is [B, C, h, w] (jaxgen flattens it NHWC).
-`model.compute_dtype` is not
-followed (the twin computes in its own dtype; speed.py leaves the twins out
-under such overrides).
+A bfloat16 `model.compute_dtype` is refused (the twin computes in its own
+dtype, float32 for speed.py, float64 for the check; speed.py then times
+jaxgen alone).
 
 The equivalence check (`check`, below) copies jaxgen's initial params into the
 twin, gives it the binarized pixels and posterior noise that jaxgen's
@@ -88,8 +88,18 @@ CONV, CONV_TO_SHUFFLE, DENSE, DENSE_FROM_MAP, DENSE_TO_MAP, POINTWISE = (
     "pointwise")
 
 
+def require_float32(config: Any) -> None:
+  """The twins compute in float32 only; jaxgen's bfloat16 switch
+  (`model.compute_dtype`) has no twin."""
+  dtype = config.model.get("compute_dtype", "float32")
+  if dtype != "float32":
+    raise ValueError(f"model.compute_dtype={dtype!r}: the twin computes in "
+                     "float32 only")
+
+
 def require_supported(config: Any) -> None:
   """Raises ValueError for autoencoder settings the twin does not build."""
+  require_float32(config)
   m = config.model
   if m.family not in ("ae", "vae"):
     raise ValueError(f"model.family={m.family!r}: the twin covers 'ae' and 'vae'")
