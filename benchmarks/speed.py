@@ -247,8 +247,8 @@ def config_twin_stepper(name: str, device: str, compile_nets: bool,
   return run, sample_run if getattr(twin, "variational", True) else None, num_params
 
 
-# The one override that keeps the network (and so the twin comparison): k train
-# steps per dispatch.
+# The one override the twins do not take (they run one step per call): k
+# train steps per dispatch, which keeps the network.
 DISPATCH_KEY = "train.steps_per_dispatch"
 TWINS = {name: config_twin_stepper for name in (
              *torch_dcgan.COVERED,

@@ -117,9 +117,7 @@ def require_supported(config: Any) -> None:
                      "has 'concat' (conditional batch norm is not in it)")
   if m.loss not in LOSSES:
     raise ValueError(f"model.loss={m.loss!r}: the twin has {LOSSES}")
-  if m.compute_dtype != "float32":
-    raise ValueError(f"model.compute_dtype={m.compute_dtype!r}: the twin "
-                     "computes in its params' dtype")
+  torch_vae.require_float32(config)
   if m.downsample not in ("space_to_depth", "strided"):
     raise ValueError(f"model.downsample={m.downsample!r}: not in the twin")
 
