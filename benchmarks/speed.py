@@ -146,7 +146,7 @@ class JaxgenStepper:
   steps_per_dispatch: int
   flops_per_step: float | None
   buffer_bytes: int | None
-  num_params: int = 0
+  num_params: int
 
 
 def jaxgen_stepper(name: str, overrides: list[str], sample_batch: int
@@ -329,6 +329,7 @@ def measure(name: str, args: argparse.Namespace, arms: list[str],
   # and the run says why. Sampling: jaxgen vs eager PyTorch.
   twin_stepper = TWINS.get(twin_name(name))
   twin_overrides = [item for item in args.set if not item.startswith(DISPATCH_KEY + "=")]
+  described = f"{name} with {', '.join(twin_overrides)}" if twin_overrides else name
   if twin_stepper:
     twin_stepper = functools.partial(twin_stepper, overrides=twin_overrides)
   mib = {}
@@ -342,8 +343,7 @@ def measure(name: str, args: argparse.Namespace, arms: list[str],
     except ValueError as refused:
       if not twin_overrides:
         raise
-      print(f"{name}: no PyTorch twin with {' '.join(twin_overrides)}: {refused}",
-            flush=True)
+      print(f"{described}: no PyTorch twin: {refused}", flush=True)
       twin_stepper = None
   row = Row(name, jaxgen.batch_size, jaxgen.steps_per_dispatch,
             jaxgen.compile_seconds, jaxgen.flops_per_step, {}, mib)
@@ -359,8 +359,7 @@ def measure(name: str, args: argparse.Namespace, arms: list[str],
       # A cheap guard that both sides built one network, which matters most
       # under --set: a twin that ignored an override would time another model.
       if twin_params != jaxgen.num_params:
-        raise ValueError(f"{name}{' with ' + ' '.join(twin_overrides) if twin_overrides else ''}: "
-                         f"the twin has {twin_params:,} trained parameters, jaxgen "
+        raise ValueError(f"{described}: the twin has {twin_params:,} trained parameters, jaxgen "
                          f"{jaxgen.num_params:,}; not the same network")
       if arm == "PyTorch" and args.sample_batch > 0:
         samplers[arm] = twin_sample
