@@ -139,7 +139,7 @@ def main() -> None:
         f"({torch.get_num_threads()} threads), batch {args.batch}, median of "
         f"{args.repeats}; ms, jax / PyTorch (ratio: PyTorch's time over jax's). "
         f"Each jax time includes one jitted call's dispatch, {floor_ms:.3f} ms "
-        f"here, which a train step (one program) does not pay per layer.")
+        f"here, which a train step (one program) does not pay per layer.\n")
   print("| layer | shape | forward | input gradient | kernel gradient | in a train step |")
   print("|---|---|---|---|---|---|")
   rows = [(name, f"3x3 {size}x{size} {c_in}->{c_out}, stride {stride}",
