@@ -64,6 +64,18 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
   return 1e3 * statistics.median(times)
 
 
+def jax_terms(layer: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array,
+              kernel: jax.Array, dy: jax.Array, repeats: int) -> list[float]:
+  """ms of `layer`'s forward pass, input gradient and kernel gradient, each
+  jitted alone (the gradients as vector-Jacobian products with `dy`)."""
+  forward = jax.jit(layer)
+  input_grad = jax.jit(lambda kernel, dy: jax.vjp(lambda x: layer(x, kernel), x)[1](dy)[0])
+  kernel_grad = jax.jit(lambda x, dy: jax.vjp(lambda k: layer(x, k), kernel)[1](dy)[0])
+  return [median_ms(lambda: jax.block_until_ready(forward(x, kernel)), repeats),
+          median_ms(lambda: jax.block_until_ready(input_grad(kernel, dy)), repeats),
+          median_ms(lambda: jax.block_until_ready(kernel_grad(x, dy)), repeats)]
+
+
 def conv_terms(size: int, c_in: int, c_out: int, stride: int, batch: int,
                repeats: int) -> tuple[list[float], list[float]]:
   """ms of (forward, input gradient, kernel gradient): jax's, then torch's."""
@@ -78,17 +90,11 @@ def conv_terms(size: int, c_in: int, c_out: int, stride: int, batch: int,
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pads,
                                         dimension_numbers=NHWC)
 
-  forward = jax.jit(conv)
-  input_grad = jax.jit(lambda kernel, dy: jax.vjp(lambda x: conv(x, kernel), x)[1](dy)[0])
-  kernel_grad = jax.jit(lambda x, dy: jax.vjp(lambda k: conv(x, k), kernel)[1](dy)[0])
-  ours = [median_ms(lambda: jax.block_until_ready(forward(x, kernel)), repeats),
-          median_ms(lambda: jax.block_until_ready(input_grad(kernel, dy)), repeats),
-          median_ms(lambda: jax.block_until_ready(kernel_grad(x, dy)), repeats)]
+  ours = jax_terms(conv, x, kernel, dy, repeats)
 
-  channels_last = torch.channels_last
-  xt = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous(memory_format=channels_last)
+  xt = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
   wt = torch.from_numpy(np.array(kernel)).permute(3, 2, 0, 1).contiguous()
-  dyt = torch.from_numpy(np.array(dy)).permute(0, 3, 1, 2).contiguous(memory_format=channels_last)
+  dyt = torch.from_numpy(np.array(dy)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
   # torch pads symmetrically; a strided layer's extra row and column on the
   # high side (flax's SAME) is the same work to within one row.
   args = ([stride, stride], [1, 1], [1, 1], False, [0, 0], 1)
@@ -98,7 +104,7 @@ def conv_terms(size: int, c_in: int, c_out: int, stride: int, batch: int,
 
   with torch.no_grad():
     if stride == 1:  # the same padding on both sides: the same outputs
-      ours_y = np.asarray(forward(x, kernel))
+      ours_y = np.asarray(jax.jit(conv)(x, kernel))
       theirs_y = torch.nn.functional.conv2d(xt, wt, padding=1).permute(0, 2, 3, 1).numpy()
       np.testing.assert_allclose(ours_y, theirs_y, rtol=1e-4, atol=1e-4)
     theirs = [median_ms(lambda: torch.nn.functional.conv2d(xt, wt, stride=stride, padding=1), repeats),
@@ -113,14 +119,9 @@ def dense_terms(n_in: int, n_out: int, batch: int, repeats: int
   x = jnp.asarray(rng.standard_normal((batch, n_in)), jnp.float32)
   kernel = jnp.asarray(0.01 * rng.standard_normal((n_in, n_out)), jnp.float32)
   dy = jnp.asarray(rng.standard_normal((batch, n_out)), jnp.float32)
-  forward = jax.jit(lambda x, k: x @ k)
-  input_grad = jax.jit(lambda k, dy: jax.vjp(lambda x: x @ k, x)[1](dy)[0])
-  kernel_grad = jax.jit(lambda x, dy: jax.vjp(lambda k: x @ k, kernel)[1](dy)[0])
-  ours = [median_ms(lambda: jax.block_until_ready(forward(x, kernel)), repeats),
-          median_ms(lambda: jax.block_until_ready(input_grad(kernel, dy)), repeats),
-          median_ms(lambda: jax.block_until_ready(kernel_grad(x, dy)), repeats)]
+  ours = jax_terms(jnp.matmul, x, kernel, dy, repeats)
   xt, kt, dyt = (torch.from_numpy(np.array(a)) for a in (x, kernel, dy))
-  np.testing.assert_allclose(np.asarray(forward(x, kernel)), (xt @ kt).numpy(),
+  np.testing.assert_allclose(np.asarray(x @ kernel), (xt @ kt).numpy(),
                              rtol=1e-4, atol=1e-4)
   theirs = [median_ms(lambda: xt @ kt, repeats), median_ms(lambda: dyt @ kt.T, repeats),
             median_ms(lambda: xt.T @ dyt, repeats)]
