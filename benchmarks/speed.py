@@ -528,8 +528,10 @@ def main() -> None:
     rows.append(row)
     if per_second:
       sample_rows.append((name, per_second))
-  text = render(args, arms, torch_device, rows, sample_rows)
-  out.write_text(text)
+    # Rewritten after every config, so a run stopped by a time limit (a lent
+    # GPU's lease, say) keeps the rows it finished.
+    text = render(args, arms, torch_device, rows, sample_rows)
+    out.write_text(text)
   print(text)
 
 
